@@ -1,0 +1,18 @@
+"""hovle: run, train, evaluate and serve HoVLE monolithic vision-language models."""
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, EmbeddingConfig, HoVLEConfig, LLMConfig
+from .model import HoVLEModel, HoVLEOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "EmbeddingConfig",
+    "HoVLEConfig",
+    "HoVLEModel",
+    "HoVLEOutput",
+    "LLMConfig",
+    "__version__",
+]

@@ -1,0 +1,287 @@
+"""Checkpoint folders in the released HoVLE layout: config.json + safetensors (single or sharded).
+
+Inside, the model uses InternLM2 module names (the released files' names). A HoVLE whose LLM is a
+Llama or Qwen2 stores that LLM under its transformers names (``self_attn.q_proj`` ...), as
+InternVL-style checkpoints do; the key maps below translate, fusing q/k/v into ``wqkv``.
+Only safetensors are read: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import HoVLEConfig
+
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+LLM_PREFIX = "language_model."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder whose tensors do not match its config."""
+
+
+# ---------------------------------------------------------------- fused q/k/v in the released layout
+
+
+def split_wqkv(wqkv: torch.Tensor, num_heads: int, num_kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split a fused InternLM2 ``wqkv`` weight (or bias) into q, k, v projections.
+
+    Rows are grouped per key/value head: [q of the group's g query heads, k, v] (HOVLE_SPEC 2.1).
+    The results are in the usual Llama layout: q rows ordered by query head, k/v by kv head.
+    """
+    g = num_heads // num_kv_heads
+    head_dim = wqkv.shape[0] // (num_heads + 2 * num_kv_heads)
+    grouped = wqkv.reshape(num_kv_heads, g + 2, head_dim, *wqkv.shape[1:])
+    q = grouped[:, :g].reshape(num_heads * head_dim, *wqkv.shape[1:])
+    k = grouped[:, g].reshape(num_kv_heads * head_dim, *wqkv.shape[1:])
+    v = grouped[:, g + 1].reshape(num_kv_heads * head_dim, *wqkv.shape[1:])
+    return q, k, v
+
+
+def fuse_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """Inverse of ``split_wqkv``."""
+    g = num_heads // num_kv_heads
+    head_dim = q.shape[0] // num_heads
+    rest = q.shape[1:]
+    grouped = torch.cat(
+        [
+            q.reshape(num_kv_heads, g, head_dim, *rest),
+            k.reshape(num_kv_heads, 1, head_dim, *rest),
+            v.reshape(num_kv_heads, 1, head_dim, *rest),
+        ],
+        dim=1,
+    )
+    return grouped.reshape((num_heads + 2 * num_kv_heads) * head_dim, *rest)
+
+
+# ---------------------------------------------------------------- key maps for the LLM part
+
+# internal (InternLM2) name piece -> transformers Llama/Qwen2 name piece
+_LLAMA_NAMES = [
+    ("model.tok_embeddings.", "model.embed_tokens."),
+    (".attention.wo.", ".self_attn.o_proj."),
+    (".feed_forward.w1.", ".mlp.gate_proj."),
+    (".feed_forward.w3.", ".mlp.up_proj."),
+    (".feed_forward.w2.", ".mlp.down_proj."),
+    (".attention_norm.", ".input_layernorm."),
+    (".ffn_norm.", ".post_attention_layernorm."),
+]
+_WQKV = re.compile(r"^(model\.layers\.\d+)\.attention\.wqkv\.(weight|bias)$")
+_QKV = re.compile(r"^(model\.layers\.\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
+
+
+def _uses_llama_names(config: HoVLEConfig) -> bool:
+    return config.llm.architecture != "InternLM2ForCausalLM"
+
+
+def to_file_names(state: dict[str, torch.Tensor], config: HoVLEConfig) -> dict[str, torch.Tensor]:
+    """Internal state dict -> the tensors and names written to the checkpoint files."""
+    llm = config.llm
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if not key.startswith(LLM_PREFIX):
+            out[key] = tensor
+            continue
+        name = key[len(LLM_PREFIX) :]
+        if name == "output.weight" and llm.tie_word_embeddings:
+            continue  # stored once, as the token table
+        if not _uses_llama_names(config):
+            out[key] = tensor
+            continue
+        fused = _WQKV.match(name)
+        if fused:
+            layer, kind = fused.groups()
+            parts = split_wqkv(tensor, llm.num_attention_heads, llm.num_key_value_heads)
+            for letter, part in zip("qkv", parts):
+                out[f"{LLM_PREFIX}{layer}.self_attn.{letter}_proj.{kind}"] = part
+            continue
+        if name == "output.weight":
+            name = "lm_head.weight"
+        for ours, theirs in _LLAMA_NAMES:
+            name = name.replace(ours, theirs)
+        out[LLM_PREFIX + name] = tensor
+    return out
+
+
+def from_file_names(tensors: dict[str, torch.Tensor], config: HoVLEConfig) -> dict[str, torch.Tensor]:
+    """Inverse of ``to_file_names`` (the tied head is restored by ``LanguageModel.tie_weights``)."""
+    if not _uses_llama_names(config):
+        return dict(tensors)
+    llm = config.llm
+    out: dict[str, torch.Tensor] = {}
+    pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        if not key.startswith(LLM_PREFIX):
+            out[key] = tensor
+            continue
+        name = key[len(LLM_PREFIX) :]
+        split = _QKV.match(name)
+        if split:
+            layer, letter, kind = split.groups()
+            parts = pending.setdefault((layer, kind), {})
+            parts[letter] = tensor
+            if len(parts) == 3:
+                fused = fuse_wqkv(parts["q"], parts["k"], parts["v"], llm.num_attention_heads, llm.num_key_value_heads)
+                out[f"{LLM_PREFIX}{layer}.attention.wqkv.{kind}"] = fused
+                del pending[(layer, kind)]
+            continue
+        if name == "lm_head.weight":
+            name = "output.weight"
+        for ours, theirs in _LLAMA_NAMES:
+            name = name.replace(theirs, ours)
+        out[LLM_PREFIX + name] = tensor
+    return out
+
+
+# ---------------------------------------------------------------- reading
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder: the index's shards, or the single file."""
+    index = folder / INDEX_NAME
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no weight_map")
+        files = sorted({folder / name for name in weight_map.values()})
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index} names shards that are not in {folder}: {', '.join(missing)}")
+        return files
+    single = folder / WEIGHTS_NAME
+    if single.is_file():
+        return [single]
+    others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
+    hint = f" (found {', '.join(others)}: pickle files are never loaded; convert them to safetensors)" if others else ""
+    raise CheckpointError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {folder}{hint}")
+
+
+def _listing(names: Iterable[str], limit: int = 8) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _check_tensors(expected: dict[str, tuple], found: dict[str, tuple], folder: Path) -> None:
+    missing = expected.keys() - found.keys()
+    unexpected = found.keys() - expected.keys()
+    wrong = [f"{k}: file {found[k]} vs config {expected[k]}" for k in expected.keys() & found.keys() if found[k] != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {_listing(unexpected)}")
+    if wrong:
+        problems.append(f"mis-shaped tensors: {_listing(wrong)}")
+    if problems:
+        raise CheckpointError(f"checkpoint {folder} does not match its config.json; " + "; ".join(problems))
+
+
+def _resolve_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def load_model(path: str | Path, dtype=None, device=None):
+    """Build a ``HoVLEModel`` from a checkpoint folder, strictly (see ``HoVLEModel.from_pretrained``)."""
+    from .model.hovle import HoVLEModel
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {folder} does not exist (hovle loads local folders only)")
+    dtype = _resolve_dtype(dtype)
+    config = HoVLEConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = HoVLEModel(config)
+    expected = {k: tuple(t.shape) for k, t in to_file_names(model.state_dict(), config).items()}
+
+    files = weight_files(folder)
+    found: dict[str, tuple] = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                found[key] = tuple(f.get_slice(key).get_shape())
+    _check_tensors(expected, found, folder)
+
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                if dtype is not None and t.is_floating_point():
+                    t = t.to(dtype)
+                tensors[key] = t.to(device) if device is not None else t
+    state = from_file_names(tensors, config)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.language_model.tie_weights()
+    return model.eval()
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", size, flags=re.IGNORECASE)
+    if not match:
+        raise ValueError(f"cannot read a size from {size!r} (examples: 5GB, 500MB, 1073741824)")
+    number, unit = float(match.group(1)), (match.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    return int(number * scale)
+
+
+def save_model(model, path: str | Path, max_shard_size: int | str = "5GB") -> Path:
+    """Write ``model`` to ``path`` in the released layout; returns the folder."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    limit = _parse_size(max_shard_size)
+    tensors = {k: t.detach().to("cpu").contiguous() for k, t in to_file_names(model.state_dict(), model.config).items()}
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key in sorted(tensors):
+        nbytes = tensors[key].numel() * tensors[key].element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensors[key]
+        size += nbytes
+
+    # Old weight files would shadow or contradict the new ones.
+    for stale in [folder / WEIGHTS_NAME, folder / INDEX_NAME, *folder.glob("model-*-of-*.safetensors")]:
+        if stale.is_file():
+            stale.unlink()
+    model.config.save_pretrained(folder)
+    if len(shards) == 1:
+        _write_atomic(shards[0], folder / WEIGHTS_NAME)
+        return folder
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        _write_atomic(shard, folder / name)
+        weight_map.update({key: name for key in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def _write_atomic(tensors: dict[str, torch.Tensor], file: Path) -> None:
+    partial = file.with_name(file.name + ".partial")
+    save_file(tensors, str(partial), metadata={"format": "pt"})
+    os.replace(partial, file)
