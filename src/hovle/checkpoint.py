@@ -113,9 +113,15 @@ def to_file_names(state: dict[str, torch.Tensor], config: HoVLEConfig) -> dict[s
 
 
 def from_file_names(tensors: dict[str, torch.Tensor], config: HoVLEConfig) -> dict[str, torch.Tensor]:
-    """Inverse of ``to_file_names`` (the tied head is restored by ``LanguageModel.tie_weights``)."""
-    if not _uses_llama_names(config):
-        return dict(tensors)
+    """Inverse of ``to_file_names``."""
+    out = _from_llama_names(tensors, config) if _uses_llama_names(config) else dict(tensors)
+    table, head = LLM_PREFIX + "model.tok_embeddings.weight", LLM_PREFIX + "output.weight"
+    if config.llm.tie_word_embeddings and table in out:
+        out.setdefault(head, out[table])
+    return out
+
+
+def _from_llama_names(tensors: dict[str, torch.Tensor], config: HoVLEConfig) -> dict[str, torch.Tensor]:
     llm = config.llm
     out: dict[str, torch.Tensor] = {}
     pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
