@@ -171,6 +171,17 @@ def weight_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {folder}{hint}")
 
 
+def read_headers(files: list[Path]) -> dict[str, tuple[tuple, str]]:
+    """Shape and dtype name of every tensor in ``files``, from the headers alone (no data read)."""
+    out = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                piece = f.get_slice(key)
+                out[key] = (tuple(piece.get_shape()), piece.get_dtype())
+    return out
+
+
 def _listing(names: Iterable[str], limit: int = 8) -> str:
     names = sorted(names)
     shown = ", ".join(names[:limit])
@@ -216,11 +227,7 @@ def load_model(path: str | Path, dtype=None, device=None):
     expected = {k: tuple(t.shape) for k, t in to_file_names(model.state_dict(), config).items()}
 
     files = weight_files(folder)
-    found: dict[str, tuple] = {}
-    for file in files:
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():
-                found[key] = tuple(f.get_slice(key).get_shape())
+    found = {key: shape for key, (shape, _) in read_headers(files).items()}
     _check_tensors(expected, found, folder)
 
     tensors: dict[str, torch.Tensor] = {}

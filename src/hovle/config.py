@@ -182,7 +182,8 @@ class LLMConfig(_Section):
     bos_token_id: int | None = 1
     eos_token_id: Any = 2
     pad_token_id: int | None = 2
-    extra: dict = field(default_factory=dict)
+    # InternLM2's own key for q/k/v/o biases (its transformers default is true; the released LLM has none).
+    extra: dict = field(default_factory=lambda: {"bias": False})
 
     def __post_init__(self):
         if not self.architectures or self.architectures[0] not in SUPPORTED_LLM_ARCHITECTURES:
