@@ -28,11 +28,16 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
+def rope_kind(shape: StackShape) -> str:
+    scaling = shape.rope_scaling or {}
+    return scaling.get("rope_type", scaling.get("type", "default"))
+
+
 def _inverse_frequencies(shape: StackShape, seq_len: int) -> torch.Tensor:
     """Rotary inverse frequencies, with the config's ``rope_scaling`` applied (float32, CPU)."""
     dim, base = shape.head_dim, shape.rope_theta
     scaling = shape.rope_scaling or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    kind = rope_kind(shape)
     factor = float(scaling.get("factor", 1.0))
     max_pos = shape.max_position_embeddings
     if kind == "dynamic" and seq_len > max_pos:
@@ -62,7 +67,7 @@ class Rotary(nn.Module):
     def __init__(self, shape: StackShape):
         super().__init__()
         self.shape = shape
-        self.dynamic = (shape.rope_scaling or {}).get("rope_type", (shape.rope_scaling or {}).get("type")) == "dynamic"
+        self.dynamic = rope_kind(shape) == "dynamic"
         _inverse_frequencies(shape, 0)  # fail at construction on an unsupported scaling type
         self._cache: dict[tuple, torch.Tensor] = {}
 
