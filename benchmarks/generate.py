@@ -15,7 +15,7 @@ with a KV cache and exactly ``--new-tokens`` steps (no end token).
 Every (implementation, batch) case runs in a fresh spawned process, so that one case's memory
 (and allocator state) does not leak into the next case's peak.
 
-    python benchmarks/generate.py                      # small CPU shape, ~2 minutes on 2 cores
+    python benchmarks/generate.py                      # small CPU shape, ~1.5 minutes on 2 cores
     python benchmarks/generate.py --preset released    # the released HoVLE shape, bf16 on CUDA
 """
 
@@ -33,11 +33,14 @@ import torch
 
 IMPLS = ("hovle", "baseline")
 
+# A case whose median run is this much slower than its best one gets a warning under the table.
+NOISY = 0.15
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Defaults per preset; any flag given on the command line wins over its preset's value.
 PRESETS = {
-    # Small but real: runs the whole script in about two minutes on two CPU cores.
+    # Small but real: the whole script runs in about 1.5 minutes on two CPU cores.
     "small": dict(
         hidden=512, heads=8, kv_heads=4, intermediate=1536, embedding_layers=4, llm_layers=12,
         vocab=32000, image_size=224, patch_size=14, dtype="float32", device="cpu",
@@ -256,6 +259,9 @@ def run_case(a: dict, impl: str, batch: int) -> dict:
         peak_mib=peak,
         params=params,
         runtime_rss_mib=runtime_rss,
+        # How far the median lies above the best run: when more than half of the repeats were
+        # slowed down (by other work on the machine), the median itself is off by about this much.
+        spread=max((statistics.median(t) - min(t)) / min(t) for t in (first, full)),
         threads=torch.get_num_threads(),
     )
 
@@ -279,13 +285,15 @@ def device_name(device: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    presets = "; ".join(
+        f"{name}: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in values.items())
+        for name, values in PRESETS.items()
     )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=f"presets -- {presets}")
     p.add_argument("--preset", choices=sorted(PRESETS), default="small",
-                   help="default shape, dtype and device; explicit flags below override it "
-                        "(small: " + ", ".join(f"{k}={v}" for k, v in PRESETS["small"].items()) + ")")
+                   help="default shape, dtype and device (see below); flags given explicitly override it "
+                        "(default: %(default)s)")
+    # Flags whose default comes from the preset default to None here.
     p.add_argument("--hidden", type=int, help="hidden size (embedding module, LLM and baseline)")
     p.add_argument("--heads", type=int, help="attention heads")
     p.add_argument("--kv-heads", type=int, help="key/value heads (GQA)")
@@ -295,15 +303,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocab", type=int, help="vocabulary size")
     p.add_argument("--image-size", type=int, help="tile side in pixels")
     p.add_argument("--patch-size", type=int, help="patch side in pixels")
-    p.add_argument("--text-tokens", type=int, default=32, help="text tokens after the image")
-    p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence (>= 2)")
-    p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
-    p.add_argument("--dtype", choices=sorted(DTYPES))
-    p.add_argument("--device", choices=("cpu", "cuda"))
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
-    p.add_argument("--stat", choices=("median", "best"), default="median", help="how repeats are combined")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs (of each length) before timing")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="parameter and activation dtype")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="where the models run")
+    p.add_argument("--text-tokens", type=int, default=32, help="text tokens after the image (default: %(default)s)")
+    p.add_argument("--new-tokens", type=int, default=64,
+                   help="tokens generated per sequence, >= 2 (default: %(default)s)")
+    p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default: %(default)s)")
+    p.add_argument("--stat", choices=("median", "best"), default="median",
+                   help="how the repeats are combined (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed runs of each length before timing (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads; 0 keeps torch's default (default: %(default)s)")
     args = p.parse_args(argv)
 
     for key, value in PRESETS[args.preset].items():
@@ -385,6 +397,10 @@ def main(argv=None) -> None:
     if (("hovle", 1) in by_key) and (("baseline", 1) in by_key):
         h, b = by_key["hovle", 1]["tok_s_seq"], by_key["baseline", 1]["tok_s_seq"]
         print(f"batch-1 decode tok/s, hovle / baseline: {h / b:.2f}x ({h:.1f} vs {b:.1f})")
+    for r in rows:
+        if r["spread"] > NOISY and args.repeats > 1:
+            print(f"warning: {r['impl']} batch {r['batch']}: median run {r['spread']:.0%} slower than the best; "
+                  f"the machine was probably busy with other work (rerun, or raise --repeats)")
     print(f"(benchmark took {elapsed:.0f} s)")
 
 
