@@ -23,6 +23,7 @@ def tiny_config(
     embedding_layers: int = 2,
     llm_layers: int = 2,
     vocab: int = 128,
+    img_context: int = IMG_CONTEXT,
     **llm_extra,
 ) -> HoVLEConfig:
     embedding = EmbeddingConfig(
@@ -37,7 +38,7 @@ def tiny_config(
         patch_size=14,
         llm_vocab_size=vocab,
         llm_hidden_size=hidden,
-        img_context_token_id=IMG_CONTEXT,
+        img_context_token_id=img_context,
         pixel_shuffle_loc=mode,
     )
     llm = LLMConfig.from_dict(

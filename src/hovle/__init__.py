@@ -3,6 +3,7 @@
 from .checkpoint import CheckpointError
 from .config import ConfigError, EmbeddingConfig, HoVLEConfig, LLMConfig
 from .model import HoVLEModel, HoVLEOutput
+from .processing import HoVLEProcessor, tile_image
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,8 @@ __all__ = [
     "HoVLEConfig",
     "HoVLEModel",
     "HoVLEOutput",
+    "HoVLEProcessor",
     "LLMConfig",
     "__version__",
+    "tile_image",
 ]

@@ -84,6 +84,67 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model import HoVLEModel
+    from .processing.processor import HoVLEProcessor
+    from .processing.prompts import with_image_placeholders
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    extra = {} if args.system is None else {"system_message": args.system}
+    processor = HoVLEProcessor.from_pretrained(args.model_dir, **extra)
+    print(f"loading {args.model_dir} ({dtype}, {device}) ...", file=sys.stderr, flush=True)
+    model = HoVLEModel.from_pretrained(args.model_dir, dtype=dtype, device=device)
+    pixel_values, patches = processor.process_images(args.image or [], args.max_tiles)
+    if patches:
+        print(f"{len(patches)} image(s): {', '.join(map(str, patches))} tile(s)", file=sys.stderr)
+    generation = {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.temperature > 0,
+        "temperature": args.temperature if args.temperature > 0 else 1.0,
+        "top_p": args.top_p,
+    }
+
+    def answer(question: str, history: list) -> str:
+        pieces = []
+        for piece in model.stream_chat(processor, pixel_values, question, generation, history, patches):
+            print(piece, end="", flush=True)
+            pieces.append(piece)
+        print(flush=True)
+        return "".join(pieces)
+
+    if args.question is not None:
+        answer(args.question, [])
+        return 0
+    print("interactive chat: /reset clears the conversation, /exit or Ctrl-D quits", file=sys.stderr)
+    history: list = []
+    while True:
+        try:
+            question = input("user> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if question.strip() == "/exit":
+            return 0
+        if question.strip() == "/reset":
+            history = []
+            continue
+        if not question.strip():
+            continue
+        print("assistant> ", end="", flush=True)
+        reply = answer(question, history)
+        history.append((with_image_placeholders(question, history, len(patches)), reply))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hovle", description="HoVLE monolithic vision-language models")
     parser.add_argument("--version", action="version", version=f"hovle {__version__}")
@@ -92,17 +153,48 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model_dir", help="a local folder in the released HoVLE layout")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(run=_info)
+
+    chat = commands.add_parser("chat", help="ask about images; interactive when no question is given")
+    chat.add_argument("model_dir", help="a local folder in the released HoVLE layout, with its tokenizer")
+    chat.add_argument("question", nargs="?", help="the question; omit it for a multi-turn session")
+    chat.add_argument("--image", action="append", metavar="PATH", help="an image (repeat for several)")
+    chat.add_argument("--max-tiles", type=_positive_int, help="most 448px tiles per image (default: the config's)")
+    chat.add_argument("--max-new-tokens", type=_positive_int, default=512, help="answer length limit (default: 512)")
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 answers greedily (default); > 0 samples")
+    chat.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when sampling (default: 1)")
+    chat.add_argument("--system", help="system message (default: the released one)")
+    chat.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                      help="default: bfloat16 on CUDA, float32 on CPU")
+    chat.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    chat.set_defaults(run=_chat)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    # argparse settles an optional positional at the first positional it sees, so a question
+    # written after options (`hovle chat DIR --image x "question"`) arrives as an extra.
+    if getattr(args, "command", None) == "chat" and args.question is None and len(extras) == 1 \
+            and not extras[0].startswith("-"):
+        args.question, extras = extras[0], []
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     from .checkpoint import CheckpointError
     from .config import ConfigError
+    from .processing.images import ImageError
+    from .processing.processor import ContextLengthError
+    from .processing.prompts import PromptError
+    from .processing.tokenizer import TokenizerError
 
+    user_errors = (CheckpointError, ConfigError, ImageError, PromptError, TokenizerError, ContextLengthError,
+                   FileNotFoundError)
     try:
         return args.run(args)
-    except (CheckpointError, ConfigError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except user_errors as e:
         print(f"hovle {args.command}: error: {e}", file=sys.stderr)
         return 2
 

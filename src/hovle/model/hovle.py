@@ -117,6 +117,30 @@ class HoVLEModel(nn.Module):
             generator=generator,
         )
 
+    def chat(self, tokenizer_or_processor, pixel_values, question, generation_config=None, history=None,
+             return_history=False, num_patches_list=None):
+        """Answer one question (released API); see ``hovle.chat.chat``."""
+        from ..chat import chat
+
+        return chat(self, tokenizer_or_processor, pixel_values, question, generation_config, history,
+                    return_history, num_patches_list)
+
+    def batch_chat(self, tokenizer_or_processor, pixel_values, questions, generation_config=None,
+                   num_patches_list=None, history=None, return_history=False):
+        """Answer several single-turn questions at once (released API); see ``hovle.chat.batch_chat``."""
+        from ..chat import batch_chat
+
+        return batch_chat(self, tokenizer_or_processor, pixel_values, questions, generation_config,
+                          num_patches_list, history, return_history)
+
+    def stream_chat(self, tokenizer_or_processor, pixel_values, question, generation_config=None, history=None,
+                    num_patches_list=None):
+        """Yield the answer's text while it is generated; see ``hovle.chat.stream_chat``."""
+        from ..chat import stream_chat
+
+        return stream_chat(self, tokenizer_or_processor, pixel_values, question, generation_config, history,
+                           num_patches_list)
+
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str | None = None, device=None) -> "HoVLEModel":
         """Load a folder in the released layout (config.json + safetensors, single or sharded).
