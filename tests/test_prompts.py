@@ -83,3 +83,10 @@ def test_placeholder_count_errors_say_which():
         render_prompt("<image> <image>", num_patches_list=[1])
     with pytest.raises(PromptError, match="has 1 <image> placeholders but only 0 images"):
         render_prompt("<image> what?")
+
+
+def test_typed_image_tokens_are_refused():
+    with pytest.raises(PromptError, match="contains '<IMG_CONTEXT>'"):
+        render_prompt("look: <IMG_CONTEXT>")
+    with pytest.raises(PromptError, match="contains '</img>'"):
+        render_prompt("next", history=[("q", "an </img> answer")])

@@ -85,6 +85,7 @@ def render_prompt(
     num_patches_list = list(num_patches_list or [])
     history = list(history or [])
     question = with_image_placeholders(question, history, len(num_patches_list))
+    _check_no_image_tokens([text for turn in history for text in turn] + [question])
     _check_placeholders([q for q, _ in history] + [question], len(num_patches_list))
     prompt = template.render([*history, (question, None)], system_message)
     for tiles in num_patches_list:
@@ -98,6 +99,14 @@ def with_image_placeholders(question: str, history: Sequence, num_images: int) -
     if num_images and not history and IMAGE_PLACEHOLDER not in question:
         return (IMAGE_PLACEHOLDER + "\n") * num_images + question
     return question
+
+
+def _check_no_image_tokens(texts: Sequence[str]) -> None:
+    """Image tokens come only from ``<image>`` expansion; typed ones would break the tile count."""
+    for text in texts:
+        for token in (IMG_CONTEXT_TOKEN, IMG_START_TOKEN, IMG_END_TOKEN):
+            if token in text:
+                raise PromptError(f"the text contains {token!r}; write {IMAGE_PLACEHOLDER} where an image goes")
 
 
 def _check_placeholders(questions: Sequence[str], num_images: int) -> None:
