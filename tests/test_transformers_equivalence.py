@@ -26,6 +26,9 @@ CASES = {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 16})),
     "linear-rope": (transformers.LlamaConfig, dict(rope_scaling={"rope_type": "linear", "factor": 4.0})),
+    # 40 tokens against a trained length of 16: the NTK base grows.
+    "dynamic-rope": (transformers.LlamaConfig, dict(max_position_embeddings=16,
+                                                     rope_scaling={"rope_type": "dynamic", "factor": 2.0})),
     "qwen2-bias": (transformers.Qwen2Config, dict()),
 }
 
