@@ -1,0 +1,1 @@
+"""Building and training HoVLE models: the paper's three stages."""
