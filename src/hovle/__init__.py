@@ -4,6 +4,7 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, EmbeddingConfig, HoVLEConfig, LLMConfig
 from .model import HoVLEModel, HoVLEOutput
 from .processing import HoVLEProcessor, tile_image
+from .training.build import build_model
 
 __version__ = "0.1.0"
 
@@ -17,5 +18,6 @@ __all__ = [
     "HoVLEProcessor",
     "LLMConfig",
     "__version__",
+    "build_model",
     "tile_image",
 ]

@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import HoVLEConfig
+from .config import SUPPORTED_LLM_ARCHITECTURES, ConfigError, HoVLEConfig, LLMConfig
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -79,22 +79,38 @@ _WQKV = re.compile(r"^(model\.layers\.\d+)\.attention\.wqkv\.(weight|bias)$")
 _QKV = re.compile(r"^(model\.layers\.\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
 
 
-def _uses_llama_names(config: HoVLEConfig) -> bool:
-    return config.llm.architecture != "InternLM2ForCausalLM"
+def _uses_llama_names(llm: LLMConfig | HoVLEConfig) -> bool:
+    llm = llm.llm if isinstance(llm, HoVLEConfig) else llm
+    return llm.architecture != "InternLM2ForCausalLM"
 
 
 def to_file_names(state: dict[str, torch.Tensor], config: HoVLEConfig) -> dict[str, torch.Tensor]:
     """Internal state dict -> the tensors and names written to the checkpoint files."""
-    llm = config.llm
+    return llm_to_file_names(state, config.llm, prefix=LLM_PREFIX)
+
+
+def from_file_names(tensors: dict[str, torch.Tensor], config: HoVLEConfig) -> dict[str, torch.Tensor]:
+    """Inverse of ``to_file_names``."""
+    return llm_from_file_names(tensors, config.llm, prefix=LLM_PREFIX)
+
+
+def llm_to_file_names(state: dict[str, torch.Tensor], llm: LLMConfig, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The LLM's tensors (keys under ``prefix``) from internal names to its architecture's file names.
+
+    InternLM2 keeps its names; Llama / Qwen2 get transformers names with ``wqkv`` split into
+    q/k/v. A tied output head is dropped (stored once, as the token table). Keys outside
+    ``prefix`` pass through unchanged.
+    """
     out: dict[str, torch.Tensor] = {}
+    llama_names = _uses_llama_names(llm)
     for key, tensor in state.items():
-        if not key.startswith(LLM_PREFIX):
+        if not key.startswith(prefix):
             out[key] = tensor
             continue
-        name = key[len(LLM_PREFIX) :]
+        name = key[len(prefix) :]
         if name == "output.weight" and llm.tie_word_embeddings:
             continue  # stored once, as the token table
-        if not _uses_llama_names(config):
+        if not llama_names:
             out[key] = tensor
             continue
         fused = _WQKV.match(name)
@@ -102,34 +118,33 @@ def to_file_names(state: dict[str, torch.Tensor], config: HoVLEConfig) -> dict[s
             layer, kind = fused.groups()
             parts = split_wqkv(tensor, llm.num_attention_heads, llm.num_key_value_heads)
             for letter, part in zip("qkv", parts):
-                out[f"{LLM_PREFIX}{layer}.self_attn.{letter}_proj.{kind}"] = part
+                out[f"{prefix}{layer}.self_attn.{letter}_proj.{kind}"] = part
             continue
         if name == "output.weight":
             name = "lm_head.weight"
         for ours, theirs in _LLAMA_NAMES:
             name = name.replace(ours, theirs)
-        out[LLM_PREFIX + name] = tensor
+        out[prefix + name] = tensor
     return out
 
 
-def from_file_names(tensors: dict[str, torch.Tensor], config: HoVLEConfig) -> dict[str, torch.Tensor]:
-    """Inverse of ``to_file_names``."""
-    out = _from_llama_names(tensors, config) if _uses_llama_names(config) else dict(tensors)
-    table, head = LLM_PREFIX + "model.tok_embeddings.weight", LLM_PREFIX + "output.weight"
-    if config.llm.tie_word_embeddings and table in out:
+def llm_from_file_names(tensors: dict[str, torch.Tensor], llm: LLMConfig, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Inverse of ``llm_to_file_names``; a tied head comes back as the token table itself."""
+    out = _from_llama_names(tensors, llm, prefix) if _uses_llama_names(llm) else dict(tensors)
+    table, head = prefix + "model.tok_embeddings.weight", prefix + "output.weight"
+    if llm.tie_word_embeddings and table in out:
         out.setdefault(head, out[table])
     return out
 
 
-def _from_llama_names(tensors: dict[str, torch.Tensor], config: HoVLEConfig) -> dict[str, torch.Tensor]:
-    llm = config.llm
+def _from_llama_names(tensors: dict[str, torch.Tensor], llm: LLMConfig, prefix: str) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
-        if not key.startswith(LLM_PREFIX):
+        if not key.startswith(prefix):
             out[key] = tensor
             continue
-        name = key[len(LLM_PREFIX) :]
+        name = key[len(prefix) :]
         split = _QKV.match(name)
         if split:
             layer, letter, kind = split.groups()
@@ -137,14 +152,14 @@ def _from_llama_names(tensors: dict[str, torch.Tensor], config: HoVLEConfig) -> 
             parts[letter] = tensor
             if len(parts) == 3:
                 fused = fuse_wqkv(parts["q"], parts["k"], parts["v"], llm.num_attention_heads, llm.num_key_value_heads)
-                out[f"{LLM_PREFIX}{layer}.attention.wqkv.{kind}"] = fused
+                out[f"{prefix}{layer}.attention.wqkv.{kind}"] = fused
                 del pending[(layer, kind)]
             continue
         if name == "lm_head.weight":
             name = "output.weight"
         for ours, theirs in _LLAMA_NAMES:
             name = name.replace(theirs, ours)
-        out[LLM_PREFIX + name] = tensor
+        out[prefix + name] = tensor
     return out
 
 
@@ -188,7 +203,10 @@ def _listing(names: Iterable[str], limit: int = 8) -> str:
     return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def _check_tensors(expected: dict[str, tuple], found: dict[str, tuple], folder: Path) -> None:
+def _check_tensors(
+    expected: dict[str, tuple], found: dict[str, tuple], folder: Path, what: str = "checkpoint",
+    against: str = "its config.json",
+) -> None:
     missing = expected.keys() - found.keys()
     unexpected = found.keys() - expected.keys()
     wrong = [f"{k}: file {found[k]} vs config {expected[k]}" for k in expected.keys() & found.keys() if found[k] != expected[k]]
@@ -200,7 +218,7 @@ def _check_tensors(expected: dict[str, tuple], found: dict[str, tuple], folder: 
     if wrong:
         problems.append(f"mis-shaped tensors: {_listing(wrong)}")
     if problems:
-        raise CheckpointError(f"checkpoint {folder} does not match its config.json; " + "; ".join(problems))
+        raise CheckpointError(f"{what} {folder} does not match {against}; " + "; ".join(problems))
 
 
 def _resolve_dtype(dtype) -> torch.dtype | None:
@@ -242,6 +260,165 @@ def load_model(path: str | Path, dtype=None, device=None):
     model.load_state_dict(state, strict=True, assign=True)
     model.language_model.tie_weights()
     return model.eval()
+
+
+# ---------------------------------------------------------------- a plain LLM folder
+
+_ARCHITECTURE_OF_MODEL_TYPE = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "internlm2": "InternLM2ForCausalLM",
+}
+# transformers' config-class defaults for the fields a config.json may leave out (LLMConfig's own
+# defaults are the released InternLM2's, which are not every architecture's).
+_TRANSFORMERS_DEFAULTS = {
+    "LlamaForCausalLM": dict(rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=2048,
+                             tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=None),
+    "Qwen2ForCausalLM": dict(rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=32768,
+                             tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None),
+    "InternLM2ForCausalLM": dict(rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=2048,
+                                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+}
+# Buffers some older checkpoints store although they are computed, not learned.
+_COMPUTED_KEYS = re.compile(r"\.rotary_emb\.inv_freq$")
+GGUF_INSTALL_HINT = "pip install 'hovle[gguf]'"
+
+
+def llm_config_from_dict(data: dict, source: str = "config.json") -> LLMConfig:
+    """Our ``LLMConfig`` from a transformers LLM config (a ``config.json`` or ``config.to_dict()``).
+
+    The architecture comes from ``architectures`` or, where that is missing, ``model_type``;
+    fields the file leaves out take transformers' defaults for that architecture. Every field is
+    kept. An architecture hovle does not compute raises ``ConfigError`` naming it.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a JSON object")
+    data = dict(data)
+    architectures = data.get("architectures") or []
+    if isinstance(architectures, str):
+        architectures = [architectures]
+    model_type = data.get("model_type")
+    arch = architectures[0] if architectures else _ARCHITECTURE_OF_MODEL_TYPE.get(model_type)
+    supported = ", ".join(SUPPORTED_LLM_ARCHITECTURES)
+    if arch is None:
+        raise ConfigError(
+            f"{source}: unknown LLM architecture (no architectures, model_type {model_type!r}); "
+            f"hovle reads {supported} (model_type {', '.join(_ARCHITECTURE_OF_MODEL_TYPE)})"
+        )
+    if arch not in SUPPORTED_LLM_ARCHITECTURES:
+        raise ConfigError(f"{source}: unknown LLM architecture {arch!r}; hovle reads {supported}")
+    data["architectures"] = [arch]
+    data.setdefault("model_type", {v: k for k, v in _ARCHITECTURE_OF_MODEL_TYPE.items()}[arch])
+    for key, value in _TRANSFORMERS_DEFAULTS[arch].items():
+        if key == "rope_theta" and isinstance(data.get("rope_parameters"), dict):
+            continue
+        data.setdefault(key, value)
+    if data.get("use_sliding_window"):
+        raise ConfigError(f"{source}: use_sliding_window=true; hovle computes full causal attention only")
+    return LLMConfig.from_dict(data)
+
+
+def _head_file_name(llm: LLMConfig) -> str:
+    return "lm_head.weight" if _uses_llama_names(llm) else "output.weight"
+
+
+def _expected_llm_shapes(llm: LLMConfig) -> dict[str, tuple]:
+    from .model.language import LanguageModel
+
+    with torch.device("meta"):
+        model = LanguageModel(llm)
+    return {k: tuple(t.shape) for k, t in llm_to_file_names(model.state_dict(), llm).items()}
+
+
+def load_llm(path: str | Path, dtype=None, gguf_file: str | Path | None = None) -> tuple[LLMConfig, dict[str, torch.Tensor]]:
+    """An LLM from a local folder in transformers layout: its ``LLMConfig`` and its state dict in the
+    internal names of ``hovle.model.language.LanguageModel`` (``model.layers.0.attention.wqkv.weight``,
+    ``output.weight`` ...).
+
+    The folder holds ``config.json`` (Llama, Qwen2 or InternLM2) and ``model.safetensors`` or shards
+    with ``model.safetensors.index.json``. Loading is strict: a missing, unexpected or mis-shaped
+    tensor raises ``CheckpointError`` naming it (a tied model may or may not store ``lm_head``).
+    With ``gguf_file`` (a file name inside the folder or a path to a ``.gguf`` file), or when
+    ``path`` is itself a ``.gguf`` file, the LLM is read (and dequantised) by transformers and
+    ``gguf``. ``dtype`` defaults to the stored one (float32 for GGUF).
+    """
+    path = Path(path)
+    if gguf_file is None and path.is_file() and path.suffix.lower() == ".gguf":
+        path, gguf_file = path.parent, path.name
+    if gguf_file is not None:
+        return _load_gguf_llm(path, gguf_file, _resolve_dtype(dtype))
+    if not path.is_dir():
+        raise FileNotFoundError(f"LLM folder {path} does not exist (hovle loads local folders only)")
+    dtype = _resolve_dtype(dtype)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        hint = f" (it holds {', '.join(ggufs)}: pass gguf_file=<name> to read one)" if ggufs else ""
+        raise FileNotFoundError(f"no config.json in the LLM folder {path}{hint}")
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{config_file} is not valid JSON: {e}") from e
+    config = llm_config_from_dict(data, source=str(config_file))
+
+    files = weight_files(path)
+    found = {k: shape for k, (shape, _) in read_headers(files).items() if not _COMPUTED_KEYS.search(k)}
+    if config.tie_word_embeddings:
+        found.pop(_head_file_name(config), None)  # some tied checkpoints store the head too: it is the table
+    _check_tensors(_expected_llm_shapes(config), found, path, what="LLM folder")
+
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                if key in found:
+                    t = f.get_tensor(key)
+                    tensors[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    return config, llm_from_file_names(tensors, config)
+
+
+def _import_gguf_support():
+    """transformers (+ gguf, + accelerate, which its GGUF loading requires), imported lazily."""
+    import importlib.util
+
+    missing = [name for name in ("transformers", "gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f"reading a GGUF LLM needs transformers, gguf and accelerate ({', '.join(missing)} missing): "
+            f"{GGUF_INSTALL_HINT}"
+        )
+    import transformers
+
+    return transformers
+
+
+def _load_gguf_llm(folder: Path, gguf_file, dtype) -> tuple[LLMConfig, dict[str, torch.Tensor]]:
+    file = folder / gguf_file if (folder / gguf_file).is_file() else Path(gguf_file)
+    if not file.is_file():
+        raise FileNotFoundError(f"GGUF file {gguf_file} is neither in {folder} nor a file")
+    transformers = _import_gguf_support()
+    dtype = dtype or torch.float32  # GGUF tensors are dequantised to float32
+    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(file.parent), gguf_file=file.name, local_files_only=True, **{key: dtype}
+        )
+    except ImportError:
+        raise
+    except Exception as e:  # transformers and gguf raise many kinds (ValueError, KeyError, OSError ...)
+        raise CheckpointError(f"transformers cannot read the GGUF file {file}: {type(e).__name__}: {e}") from e
+    data = model.config.to_dict()
+    # Loading details, not the LLM: the weights are dequantised; private keys name this machine's paths.
+    data = {k: v for k, v in data.items() if k != "quantization_config" and not k.startswith("_")}
+    data = json.loads(json.dumps(data, default=str))
+    config = llm_config_from_dict(data, source=str(file))
+
+    state = {k: t.detach() for k, t in model.state_dict().items() if not _COMPUTED_KEYS.search(k)}
+    if config.tie_word_embeddings:
+        state.pop(_head_file_name(config), None)
+    found = {k: tuple(t.shape) for k, t in state.items()}
+    _check_tensors(_expected_llm_shapes(config), found, file, what="GGUF LLM", against="the config transformers read from it")
+    return config, llm_from_file_names(state, config)
 
 
 # ---------------------------------------------------------------- writing

@@ -499,6 +499,58 @@ class SentencePieceTokenizer:
         _write_json(out / TOKENIZER_CONFIG_FILE, config)
         return out
 
+    def add_special_tokens(self, tokens: list[str]) -> list[int]:
+        """Make ``tokens`` special tokens; returns their ids, in order.
+
+        A token that is already an added or special token keeps its id (and becomes special); a
+        SentencePiece piece is registered at its piece id; any other token gets the next id after
+        the current vocabulary. ``save`` writes them into ``added_tokens.json``,
+        ``special_tokens_map.json`` (and ``tokenizer_config.json``'s ``added_tokens_decoder`` where
+        it has one), so a reload gives the same ids.
+        """
+        if isinstance(tokens, str) or not all(isinstance(t, str) and t for t in tokens):
+            raise TokenizerError(f"add_special_tokens takes a list of non-empty strings, got {tokens!r}")
+        ids = []
+        for token in tokens:
+            index = self._encoder.get(token)
+            if index is None:
+                index = self._sp_piece_id(token)
+                if index is None or index in self._decoder:
+                    index = max(self._sp_size, max(self._decoder, default=-1) + 1)
+                self._encoder[token] = index
+            existing = self._decoder.get(index)
+            if existing is None:
+                self._decoder[index] = _Added(token, True)
+            else:
+                existing.special = True
+            if token not in self._all_special_tokens:
+                self._all_special_tokens.append(token)
+            if token not in self._additional_specials:
+                self._additional_specials.append(token)
+                # Into the JSON objects that save() writes back.
+                if self._special_map_raw is not None:
+                    listed = self._special_map_raw.setdefault("additional_special_tokens", [])
+                    if token not in [_token_content(t, SPECIAL_TOKENS_MAP_FILE)[0] for t in listed]:
+                        listed.append(token)
+                config = self._config_raw
+                if config is not None:
+                    if isinstance(config.get("added_tokens_decoder"), dict):
+                        # This table alone defines the added tokens on reload (special_tokens_map.json is ignored).
+                        entry = config["added_tokens_decoder"].setdefault(str(index), {
+                            "content": token, "lstrip": False, "normalized": False, "rstrip": False,
+                            "single_word": False,
+                        })
+                        entry["special"] = True
+                        config.setdefault("additional_special_tokens", [])
+                    listed = config.get("additional_special_tokens")
+                    if isinstance(listed, list) and token not in [
+                        _token_content(t, TOKENIZER_CONFIG_FILE)[0] for t in listed
+                    ]:
+                        listed.append(token)
+            ids.append(index)
+        self._build_tables()
+        return ids
+
     # ---- the common interface -------------------------------------------------------------
 
     @property
@@ -771,6 +823,24 @@ class TransformersTokenizer:
         out.mkdir(parents=True, exist_ok=True)
         self.hf_tokenizer.save_pretrained(str(out))
         return out
+
+    def add_special_tokens(self, tokens: list[str]) -> list[int]:
+        """Make ``tokens`` special tokens (never split, dropped by ``skip_special_tokens``); returns
+        their ids, in order. Tokens not in the vocabulary get new ids after it; ``save`` keeps them."""
+        if isinstance(tokens, str) or not all(isinstance(t, str) and t for t in tokens):
+            raise TokenizerError(f"add_special_tokens takes a list of non-empty strings, got {tokens!r}")
+        import inspect
+
+        from tokenizers import AddedToken
+
+        tok = self.hf_tokenizer
+        new = [AddedToken(t, lstrip=False, rstrip=False, normalized=False, special=True) for t in tokens]
+        # transformers 5 names the keyword replace_extra_special_tokens, 4.x replace_additional_special_tokens
+        parameters = inspect.signature(tok.add_special_tokens).parameters
+        keep = next((k for k in ("replace_extra_special_tokens", "replace_additional_special_tokens") if k in parameters), None)
+        tok.add_special_tokens({"additional_special_tokens": new}, **({keep: False} if keep else {}))
+        self._vocab = dict(tok.get_vocab())
+        return [self._vocab[t] for t in tokens]
 
     @property
     def vocab_size(self) -> int:
