@@ -97,3 +97,16 @@ def pixels(tiles: int, seed: int) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def parity_model() -> HoVLEModel:
     return HoVLEModel.from_pretrained(PARITY)
+
+
+def assert_same_logits_as_transformers(reference, ours, vocab: int, length: int = 24) -> None:
+    """Our LanguageModel against a transformers causal LM on the same inputs_embeds, one row left-padded."""
+    ids = torch.randint(3, vocab, (2, length), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[1, : length // 5] = 0
+    embeds = reference.get_input_embeddings()(ids)
+    with torch.no_grad():
+        expected = reference(inputs_embeds=embeds, attention_mask=mask).logits
+        got = ours(embeds, mask)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], rtol=1e-4, atol=1e-5)

@@ -30,7 +30,7 @@ from hovle.processing.tokenizer import (  # noqa: E402
 )
 from hovle.training.build import build_model  # noqa: E402
 
-from .conftest import randomize  # noqa: E402
+from .conftest import assert_same_logits_as_transformers, randomize  # noqa: E402
 from .tokenizer_folder import ADDED_TOKENS, make_tokenizer_folder  # noqa: E402
 
 HIDDEN, HEADS, KV_HEADS, LAYERS, VOCAB = 64, 4, 2, 3, 96
@@ -93,15 +93,7 @@ def ours(config, state) -> LanguageModel:
 
 
 def assert_same_logits(reference, model, vocab=VOCAB):
-    ids = torch.randint(3, vocab, (2, 24), generator=torch.Generator().manual_seed(2))
-    mask = torch.ones_like(ids)
-    mask[1, :5] = 0  # a left-padded row
-    embeds = reference.get_input_embeddings()(ids)
-    with torch.no_grad():
-        expected = reference(inputs_embeds=embeds, attention_mask=mask).logits
-        got = model(embeds, mask)
-    real = mask.bool()
-    torch.testing.assert_close(got[real], expected[real], rtol=1e-4, atol=1e-5)
+    assert_same_logits_as_transformers(reference, model, vocab)
 
 
 # ---------------------------------------------------------------- load_llm

@@ -179,10 +179,10 @@ def test_lite0_loads_every_package_tensor_strictly(lite0):
     # a wrong shape is reported, not silently loaded
     broken = dict(reference)
     broken["_blocks.3._depthwise_conv.weight"] = torch.zeros(144, 1, 3, 3)
-    with pytest.raises(ValueError, match="wrong shapes"):
+    with pytest.raises(ValueError, match="mis-shaped tensors"):
         EfficientNetLite0Teacher().load_weights(broken)
     missing = {k: v for k, v in reference.items() if k != "_bn1.running_var"}
-    with pytest.raises(ValueError, match="missing keys"):
+    with pytest.raises(ValueError, match="missing tensors"):
         EfficientNetLite0Teacher().load_weights(missing)
 
 

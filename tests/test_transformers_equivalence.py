@@ -14,7 +14,7 @@ from hovle import LLMConfig  # noqa: E402
 from hovle.checkpoint import LLM_PREFIX, from_file_names  # noqa: E402
 from hovle.model.language import LanguageModel  # noqa: E402
 
-from .conftest import randomize, tiny_config  # noqa: E402
+from .conftest import assert_same_logits_as_transformers, randomize, tiny_config  # noqa: E402
 
 SHAPE = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=160,
              num_hidden_layers=3, vocab_size=128, max_position_embeddings=64)
@@ -56,12 +56,4 @@ def test_llm_matches_transformers(case):
     reference = randomize(transformers.AutoModelForCausalLM.from_config(hf_config), seed=1)
     ours = ours_from(reference, hf_config)
 
-    ids = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(2))
-    mask = torch.ones_like(ids)
-    mask[1, :7] = 0  # a left-padded row
-    embeds = reference.get_input_embeddings()(ids)
-    with torch.no_grad():
-        expected = reference(inputs_embeds=embeds, attention_mask=mask).logits
-        got = ours(embeds, mask)
-    real = mask.bool()
-    torch.testing.assert_close(got[real], expected[real], rtol=1e-4, atol=1e-5)
+    assert_same_logits_as_transformers(reference, ours, vocab=128, length=40)

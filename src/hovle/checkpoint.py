@@ -203,10 +203,11 @@ def _listing(names: Iterable[str], limit: int = 8) -> str:
     return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def _check_tensors(
+def check_tensors(
     expected: dict[str, tuple], found: dict[str, tuple], folder: Path, what: str = "checkpoint",
     against: str = "its config.json",
 ) -> None:
+    """Raise ``CheckpointError`` naming every missing, unexpected or mis-shaped tensor."""
     missing = expected.keys() - found.keys()
     unexpected = found.keys() - expected.keys()
     wrong = [f"{k}: file {found[k]} vs config {expected[k]}" for k in expected.keys() & found.keys() if found[k] != expected[k]]
@@ -246,7 +247,7 @@ def load_model(path: str | Path, dtype=None, device=None):
 
     files = weight_files(folder)
     found = {key: shape for key, (shape, _) in read_headers(files).items()}
-    _check_tensors(expected, found, folder)
+    check_tensors(expected, found, folder)
 
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
@@ -365,7 +366,7 @@ def load_llm(path: str | Path, dtype=None, gguf_file: str | Path | None = None) 
     found = {k: shape for k, (shape, _) in read_headers(files).items() if not _COMPUTED_KEYS.search(k)}
     if config.tie_word_embeddings:
         found.pop(_head_file_name(config), None)  # some tied checkpoints store the head too: it is the table
-    _check_tensors(_expected_llm_shapes(config), found, path, what="LLM folder")
+    check_tensors(_expected_llm_shapes(config), found, path, what="LLM folder")
 
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
@@ -417,7 +418,7 @@ def _load_gguf_llm(folder: Path, gguf_file, dtype) -> tuple[LLMConfig, dict[str,
     if config.tie_word_embeddings:
         state.pop(_head_file_name(config), None)
     found = {k: tuple(t.shape) for k, t in state.items()}
-    _check_tensors(_expected_llm_shapes(config), found, file, what="GGUF LLM", against="the config transformers read from it")
+    check_tensors(_expected_llm_shapes(config), found, file, what="GGUF LLM", against="the config transformers read from it")
     return config, llm_from_file_names(state, config)
 
 

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import check_tensors
+
 __all__ = [
     "VisionTeacher",
     "EfficientNetLite0Teacher",
@@ -356,23 +358,11 @@ class EfficientNetLite0Teacher(VisionTeacher):
 
     def load_weights(self, state_dict: dict[str, Tensor]) -> None:
         """Load a lukemelas-style state dict strictly: every key used, every shape checked."""
-        expected = self.state_dict()
-        missing = sorted(set(expected) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(expected))
-        wrong = [
-            f"{key}: file {tuple(state_dict[key].shape)} != model {tuple(expected[key].shape)}"
-            for key in sorted(set(expected) & set(state_dict))
-            if tuple(state_dict[key].shape) != tuple(expected[key].shape)
-        ]
-        if missing or unexpected or wrong:
-            lines = ["EfficientNet-Lite0 weights do not match the architecture:"]
-            if missing:
-                lines.append(f"  missing keys ({len(missing)}): {missing[:8]}")
-            if unexpected:
-                lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected[:8]}")
-            if wrong:
-                lines.append(f"  wrong shapes ({len(wrong)}): {wrong[:8]}")
-            raise ValueError("\n".join(lines))
+        check_tensors(
+            {k: tuple(t.shape) for k, t in self.state_dict().items()},
+            {k: tuple(t.shape) for k, t in state_dict.items()},
+            Path("efficientnet-lite0"), what="teacher weights", against="the EfficientNet-Lite0 architecture",
+        )
         self.load_state_dict(state_dict, strict=True)
         self._freeze()
 
