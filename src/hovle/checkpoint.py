@@ -79,8 +79,7 @@ _WQKV = re.compile(r"^(model\.layers\.\d+)\.attention\.wqkv\.(weight|bias)$")
 _QKV = re.compile(r"^(model\.layers\.\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
 
 
-def _uses_llama_names(llm: LLMConfig | HoVLEConfig) -> bool:
-    llm = llm.llm if isinstance(llm, HoVLEConfig) else llm
+def _uses_llama_names(llm: LLMConfig) -> bool:
     return llm.architecture != "InternLM2ForCausalLM"
 
 
@@ -222,7 +221,7 @@ def check_tensors(
         raise CheckpointError(f"{what} {folder} does not match {against}; " + "; ".join(problems))
 
 
-def _resolve_dtype(dtype) -> torch.dtype | None:
+def resolve_dtype(dtype) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -239,7 +238,7 @@ def load_model(path: str | Path, dtype=None, device=None):
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint folder {folder} does not exist (hovle loads local folders only)")
-    dtype = _resolve_dtype(dtype)
+    dtype = resolve_dtype(dtype)
     config = HoVLEConfig.from_pretrained(folder)
     with torch.device("meta"):
         model = HoVLEModel(config)
@@ -347,10 +346,10 @@ def load_llm(path: str | Path, dtype=None, gguf_file: str | Path | None = None) 
     if gguf_file is None and path.is_file() and path.suffix.lower() == ".gguf":
         path, gguf_file = path.parent, path.name
     if gguf_file is not None:
-        return _load_gguf_llm(path, gguf_file, _resolve_dtype(dtype))
+        return _load_gguf_llm(path, gguf_file, resolve_dtype(dtype))
     if not path.is_dir():
         raise FileNotFoundError(f"LLM folder {path} does not exist (hovle loads local folders only)")
-    dtype = _resolve_dtype(dtype)
+    dtype = resolve_dtype(dtype)
     config_file = path / "config.json"
     if not config_file.is_file():
         ggufs = sorted(p.name for p in path.glob("*.gguf"))
@@ -378,7 +377,7 @@ def load_llm(path: str | Path, dtype=None, gguf_file: str | Path | None = None) 
     return config, llm_from_file_names(tensors, config)
 
 
-def _import_gguf_support():
+def import_gguf_support():
     """transformers (+ gguf, + accelerate, which its GGUF loading requires), imported lazily."""
     import importlib.util
 
@@ -397,7 +396,7 @@ def _load_gguf_llm(folder: Path, gguf_file, dtype) -> tuple[LLMConfig, dict[str,
     file = folder / gguf_file if (folder / gguf_file).is_file() else Path(gguf_file)
     if not file.is_file():
         raise FileNotFoundError(f"GGUF file {gguf_file} is neither in {folder} nor a file")
-    transformers = _import_gguf_support()
+    transformers = import_gguf_support()
     dtype = dtype or torch.float32  # GGUF tensors are dequantised to float32
     key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:

@@ -818,6 +818,19 @@ class TransformersTokenizer:
             raise TokenizerError(f"transformers did not return a tokenizer for {folder}")
         return cls(tokenizer)
 
+    @classmethod
+    def from_gguf(cls, file: str | Path) -> "TransformersTokenizer":
+        """The tokenizer stored in a GGUF file, read by transformers (needs ``hovle[gguf]``)."""
+        from ..checkpoint import import_gguf_support
+
+        file = Path(file)
+        transformers = import_gguf_support()
+        try:
+            hf = transformers.AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name, local_files_only=True)
+        except Exception as e:  # transformers raises many kinds (ValueError, KeyError, Exception from Rust)
+            raise TokenizerError(f"transformers cannot read a tokenizer from {file}: {type(e).__name__}: {e}") from None
+        return cls(hf)
+
     def save(self, folder: str | Path) -> Path:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
@@ -910,7 +923,7 @@ class TransformersTokenizer:
 # loading
 
 
-def load_tokenizer(folder: str | Path) -> SentencePieceTokenizer | TransformersTokenizer:
+def load_tokenizer(folder: str | Path, gguf_file: str | Path | None = None) -> SentencePieceTokenizer | TransformersTokenizer:
     """The tokenizer of a local folder, without remote code.
 
     The SentencePiece path (:class:`SentencePieceTokenizer`) when the folder has
@@ -933,6 +946,9 @@ def load_tokenizer(folder: str | Path) -> SentencePieceTokenizer | TransformersT
         return SentencePieceTokenizer.from_folder(path)
     if has_json or any((path / name).is_file() for name in _TRANSFORMERS_FILES):
         return TransformersTokenizer.from_folder(path)
+    if gguf_file is not None:
+        file = path / gguf_file if (path / gguf_file).is_file() else Path(gguf_file)
+        return TransformersTokenizer.from_gguf(file)
     raise TokenizerError(
         f"{path} has no tokenizer files (expected {MODEL_FILE}, as in the released HoVLE folder, "
         f"or a transformers {TOKENIZER_JSON_FILE})"

@@ -25,17 +25,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import _resolve_dtype, load_llm
+from ..checkpoint import load_llm, resolve_dtype
 from ..config import EmbeddingConfig, HoVLEConfig, LLMConfig
 from ..model.hovle import HoVLEModel
 from ..processing.prompts import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN
-from ..processing.tokenizer import (
-    _TRANSFORMERS_FILES,
-    MODEL_FILE,
-    TokenizerError,
-    TransformersTokenizer,
-    load_tokenizer,
-)
+from ..processing.tokenizer import load_tokenizer
 
 __all__ = ["CHAT_TOKENS", "IMAGE_TOKENS", "INITS", "build_model", "grow_vocabulary", "load_llm_tokenizer"]
 
@@ -78,7 +72,7 @@ def build_model(
     Returns ``(model, tokenizer)``.
     """
     _check_arguments(embedding_layers, image_size, patch_size, downsample_ratio, pixel_shuffle_loc, init, seed)
-    dtype = _resolve_dtype(dtype)
+    dtype = resolve_dtype(dtype)
     llm_config, llm_state = load_llm(llm, dtype=dtype, gguf_file=gguf_file)
     shape = llm_config.stack
     if shape.head_dim * shape.num_heads != shape.hidden_size:
@@ -157,19 +151,7 @@ def load_llm_tokenizer(llm: str | Path, gguf_file: str | Path | None = None):
     path = Path(llm)
     if gguf_file is None and path.is_file() and path.suffix.lower() == ".gguf":
         path, gguf_file = path.parent, path.name
-    if any((path / name).is_file() for name in (MODEL_FILE, *_TRANSFORMERS_FILES)):
-        return load_tokenizer(path)
-    if gguf_file is None:
-        raise TokenizerError(f"the LLM folder {path} has no tokenizer files (tokenizer.json or tokenizer.model)")
-    from ..checkpoint import _import_gguf_support
-
-    file = path / gguf_file if (path / gguf_file).is_file() else Path(gguf_file)
-    transformers = _import_gguf_support()
-    try:
-        hf = transformers.AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name, local_files_only=True)
-    except Exception as e:  # transformers raises many kinds (ValueError, KeyError, Exception from Rust)
-        raise TokenizerError(f"transformers cannot read a tokenizer from {file}: {type(e).__name__}: {e}") from None
-    return TransformersTokenizer(hf)
+    return load_tokenizer(path, gguf_file)
 
 
 def grow_vocabulary(
