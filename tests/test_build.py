@@ -293,7 +293,7 @@ def test_gguf_needs_its_packages(gguf_folder, monkeypatch):
 
 def test_build_from_gguf_uses_its_tokenizer(gguf_folder):
     folder, _ = gguf_folder
-    model, tokenizer = build_model(folder / "tiny.gguf", embedding_layers=2, **SMALL)
+    model, tokenizer, _ = build_model(folder / "tiny.gguf", embedding_layers=2, **SMALL)
     assert isinstance(tokenizer, TransformersTokenizer)
     # <|im_start|> and <|im_end|> are in the file's vocabulary: only the image tokens are new.
     assert [tokenizer.token_to_id(t) for t in NEW_TOKENS] == [2, 1, VOCAB, VOCAB + 1, VOCAB + 2]
@@ -347,7 +347,7 @@ def test_transformers_add_special_tokens_survive_save(tmp_path):
 
 def test_build_adds_tokens_and_grows_vocabulary(tmp_path):
     folder, reference = hf_llm_folder(tmp_path)
-    model, tokenizer = build_model(folder, embedding_layers=2, **SMALL)
+    model, tokenizer, _ = build_model(folder, embedding_layers=2, **SMALL)
     assert [tokenizer.token_to_id(t) for t in NEW_TOKENS] == list(range(VOCAB, VOCAB + 5))
     assert tokenizer.encode("<|im_start|>user<|im_end|>", add_special_tokens=False) == [VOCAB + 1, 8, VOCAB]
     cfg = model.config
@@ -367,7 +367,7 @@ def test_build_adds_tokens_and_grows_vocabulary(tmp_path):
     text = model.embedding_model.llm_text_embeddings.weight
     assert torch.equal(text, table) and text.data_ptr() != table.data_ptr()  # a copy, trained apart
 
-    tied, _ = build_model(hf_llm_folder(tmp_path, name="tied", tie_word_embeddings=True)[0], embedding_layers=1, **SMALL)
+    tied, _, _ = build_model(hf_llm_folder(tmp_path, name="tied", tie_word_embeddings=True)[0], embedding_layers=1, **SMALL)
     assert tied.language_model.output.weight is tied.language_model.model.tok_embeddings.weight
     assert tied.config.llm.vocab_size == VOCAB + 5
 
@@ -377,7 +377,7 @@ def test_new_tokens_inside_a_padded_table(tmp_path):
     unused rows (reset to the mean of the real tokens' rows); the table does not grow."""
     folder, reference = hf_llm_folder(tmp_path, tokenizer=False)
     save_word_tokenizer(folder, vocab_size=VOCAB - 8)
-    model, tokenizer = build_model(folder, embedding_layers=1, **SMALL)
+    model, tokenizer, _ = build_model(folder, embedding_layers=1, **SMALL)
     assert [tokenizer.token_to_id(t) for t in NEW_TOKENS] == list(range(VOCAB - 8, VOCAB - 3))
     assert model.config.llm.vocab_size == model.config.embedding.llm_vocab_size == VOCAB
     old = reference.model.embed_tokens.weight.detach()
@@ -389,7 +389,7 @@ def test_new_tokens_inside_a_padded_table(tmp_path):
 def test_build_keeps_a_vocabulary_that_has_the_tokens(tmp_path):
     folder, llm = internlm2_folder(tmp_path)
     vocab = llm.config.vocab_size
-    model, tokenizer = build_model(folder, embedding_layers=2, init="random", **SMALL)
+    model, tokenizer, _ = build_model(folder, embedding_layers=2, init="random", **SMALL)
     assert isinstance(tokenizer, SentencePieceTokenizer) and len(tokenizer) == vocab
     assert model.config.llm.vocab_size == model.config.embedding.llm_vocab_size == vocab
     assert model.config.img_context_token_id == tokenizer.token_to_id("<IMG_CONTEXT>") == tokenizer.sp_vocab_size + 2
@@ -401,7 +401,7 @@ def test_build_keeps_a_vocabulary_that_has_the_tokens(tmp_path):
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_copy_init_starts_from_the_llm_layers(tmp_path, kind):
     folder, _ = hf_llm_folder(tmp_path, kind, rms_norm_eps=1e-5)
-    model, _ = build_model(folder, embedding_layers=2, init="copy", **SMALL)
+    model, _, _ = build_model(folder, embedding_layers=2, init="copy", **SMALL)
     emb, llm = model.config.embedding, model.config.llm
     assert (emb.hidden_size, emb.num_attention_heads, emb.num_key_value_heads, emb.intermediate_size) == (
         HIDDEN, HEADS, KV_HEADS, 160)
@@ -430,7 +430,7 @@ def test_copy_init_starts_from_the_llm_layers(tmp_path, kind):
 
 def test_llama_biases_are_copied(tmp_path):
     folder, _ = hf_llm_folder(tmp_path, attention_bias=True, mlp_bias=True)
-    model, _ = build_model(folder, embedding_layers=1, **SMALL)
+    model, _, _ = build_model(folder, embedding_layers=1, **SMALL)
     assert model.config.embedding.attention_bias and model.config.embedding.mlp_bias
     bias = model.embedding_model.encoder[0].attention.wo.bias
     assert torch.equal(bias, model.language_model.model.layers[0].attention.wo.bias)
@@ -466,7 +466,7 @@ def test_random_init_is_seeded(tmp_path):
 @pytest.mark.parametrize("mode", ["pre", "post"])
 def test_built_model_runs_generates_and_round_trips(tmp_path, mode):
     folder, _ = hf_llm_folder(tmp_path)
-    model, tokenizer = build_model(folder, embedding_layers=2, pixel_shuffle_loc=mode, **SMALL)
+    model, tokenizer, _ = build_model(folder, embedding_layers=2, pixel_shuffle_loc=mode, **SMALL)
     processor = HoVLEProcessor(model.config, tokenizer)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
     inputs = processor("<image>\nwhat is this", images=[image], max_tiles=1)
@@ -492,7 +492,7 @@ def test_built_model_runs_generates_and_round_trips(tmp_path, mode):
 
 def test_sentencepiece_build_round_trips(tmp_path):
     folder, _ = internlm2_folder(tmp_path)
-    model, tokenizer = build_model(folder, embedding_layers=1, **SMALL)
+    model, tokenizer, _ = build_model(folder, embedding_layers=1, **SMALL)
     out = tmp_path / "built"
     model.save_pretrained(out)
     tokenizer.save(out)
@@ -506,7 +506,7 @@ def test_sentencepiece_build_round_trips(tmp_path):
 
 def test_build_in_bfloat16(tmp_path):
     folder, _ = hf_llm_folder(tmp_path)
-    model, _ = build_model(folder, embedding_layers=1, dtype=torch.bfloat16, **SMALL)
+    model, _, _ = build_model(folder, embedding_layers=1, dtype=torch.bfloat16, **SMALL)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
@@ -536,7 +536,7 @@ def test_build_errors_name_the_problem(tmp_path):
     folder, _ = hf_llm_folder(tmp_path, tokenizer=False)
     with pytest.raises(TokenizerError, match="no tokenizer files"):
         build_model(folder, embedding_layers=1, **SMALL)
-    model, _ = build_model(hf_llm_folder(tmp_path, name="deep")[0], embedding_layers=LAYERS + 2, init="random", **SMALL)
+    model, _, _ = build_model(hf_llm_folder(tmp_path, name="deep")[0], embedding_layers=LAYERS + 2, init="random", **SMALL)
     assert len(model.embedding_model.encoder) == LAYERS + 2  # random layers need no LLM layer to copy
     odd, _ = hf_llm_folder(tmp_path, name="odd", head_dim=8)
     with pytest.raises(ValueError, match=r"head_dim \(8\)"):

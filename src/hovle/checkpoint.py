@@ -377,6 +377,19 @@ def load_llm(path: str | Path, dtype=None, gguf_file: str | Path | None = None) 
     return config, llm_from_file_names(tensors, config)
 
 
+def save_llm(config: LLMConfig, state: dict[str, torch.Tensor], folder: str | Path) -> Path:
+    """Write an LLM from ``load_llm`` back as a transformers-layout folder (config.json +
+    model.safetensors), e.g. to keep a dequantised GGUF model for fast later loads."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: t.detach().to("cpu").contiguous() for k, t in llm_to_file_names(state, config).items()}
+    if config.tie_word_embeddings:
+        tensors.pop(_head_file_name(config), None)
+    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    _write_atomic(tensors, folder / WEIGHTS_NAME)
+    return folder
+
+
 def import_gguf_support():
     """transformers (+ gguf, + accelerate, which its GGUF loading requires), imported lazily."""
     import importlib.util

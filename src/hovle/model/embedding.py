@@ -73,6 +73,10 @@ class HolisticEmbedding(nn.Module):
             nn.Linear(config.llm_hidden_size, config.llm_hidden_size),
         )
         self.rotary = Rotary(config.stack)
+        self.gradient_checkpointing = False
+
+    def _run_layers(self, x, attention_mask, cache):
+        return run_stack(self.encoder, self.rotary, x, attention_mask, cache, self.gradient_checkpointing)
 
     def image_tokens(self, patches: torch.Tensor) -> torch.Tensor:
         """Per-tile patch tokens (tiles, patches, hidden) -> LLM image tokens (tiles, tokens, hidden)."""
@@ -112,7 +116,7 @@ class HolisticEmbedding(nn.Module):
                         f"the prompt holds {num_context} <IMG_CONTEXT> tokens but no pixel_values were given"
                     )
             x = self.llm_text_embeddings(input_ids)
-            return run_stack(self.encoder, self.rotary, x, attention_mask, cache)
+            return self._run_layers(x, attention_mask, cache)
         if decoding:
             raise ValueError("pixel_values can only be given with the start of a sequence")
         is_context = input_ids == self.config.img_context_token_id
@@ -122,7 +126,7 @@ class HolisticEmbedding(nn.Module):
             x = self.llm_text_embeddings(input_ids)
             images = self.image_tokens(patches).to(x.dtype)
             x = x.masked_scatter(is_context[..., None], images)
-            return run_stack(self.encoder, self.rotary, x, attention_mask, cache)
+            return self._run_layers(x, attention_mask, cache)
         return self._forward_post(input_ids, is_context, patches, attention_mask, cache)
 
     def _forward_post(self, input_ids, is_context, patches, attention_mask, cache):
@@ -133,7 +137,7 @@ class HolisticEmbedding(nn.Module):
         module_context = module_ids == self.config.img_context_token_id
         x = self.llm_text_embeddings(module_ids)
         x = x.masked_scatter(module_context[..., None], patches.to(x.dtype))
-        h = run_stack(self.encoder, self.rotary, x, module_mask, cache)
+        h = self._run_layers(x, module_mask, cache)
         images = self.image_tokens(h[module_context].view(patches.shape))
         out = h.gather(1, source_at[..., None].expand(-1, -1, h.shape[-1]))
         return out.masked_scatter(is_context[..., None], images.to(out.dtype))

@@ -80,6 +80,35 @@ class HoVLEModel(nn.Module):
         loss = None if labels is None else causal_lm_loss(logits, labels)
         return HoVLEOutput(logits=logits, loss=loss)
 
+    def next_token_loss(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of next-token cross entropies, number of predicted tokens) for training.
+
+        Same loss as ``forward(..., labels=labels)`` before averaging, but the output head runs
+        only where a label is predicted: with a 50k vocabulary it would otherwise dominate
+        the cost of a sequence of mostly image and prompt tokens.
+        """
+        embeds = self.embed(input_ids, pixel_values, attention_mask)
+        hidden = self.language_model.hidden_states(embeds, attention_mask)
+        targets = labels[:, 1:].to(hidden.device)
+        predicted = targets != IGNORE_INDEX
+        logits = self.language_model.output(hidden[:, :-1][predicted])
+        total = F.cross_entropy(logits.float(), targets[predicted], reduction="sum")
+        if not bool(predicted.any()):
+            # A zero loss that still reaches every parameter, so distributed gradient hooks fire.
+            total = total + hidden.sum() * 0.0
+        return total, predicted.sum()
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute decoder-layer activations in the backward pass (both stacks) to save memory."""
+        self.embedding_model.gradient_checkpointing = enabled
+        self.language_model.gradient_checkpointing = enabled
+
     def generate(
         self,
         input_ids: torch.Tensor,

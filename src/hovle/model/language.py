@@ -29,6 +29,7 @@ class LanguageModel(nn.Module):
         self.model = _Decoder(config)
         self.output = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rotary = Rotary(config.stack)
+        self.gradient_checkpointing = False
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -43,7 +44,17 @@ class LanguageModel(nn.Module):
         last_only: bool = False,
     ) -> torch.Tensor:
         """Logits (batch, length, vocab); with ``last_only`` for the final position alone."""
-        h = run_stack(self.model.layers, self.rotary, inputs_embeds, attention_mask, cache)
-        if last_only:
-            h = h[:, -1:]
-        return self.output(self.model.norm(h))
+        h = self.hidden_states(inputs_embeds, attention_mask, cache)
+        return self.output(h[:, -1:] if last_only else h)
+
+    def hidden_states(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The final-norm hidden states (batch, length, hidden) that the output head reads."""
+        h = run_stack(
+            self.model.layers, self.rotary, inputs_embeds, attention_mask, cache, self.gradient_checkpointing
+        )
+        return self.model.norm(h)

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigError, StackShape
 
@@ -211,11 +212,14 @@ def run_stack(
     x: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     cache: KVCache | None = None,
+    checkpointing: bool = False,
 ) -> torch.Tensor:
     """Run decoder ``layers`` over ``x`` (batch, length, hidden).
 
     ``attention_mask`` (batch, length) marks real tokens (1) and padding (0); rotary positions
     count real tokens only. With a ``cache`` the call continues the cached sequence.
+    ``checkpointing`` recomputes each layer's activations in the backward pass instead of keeping
+    them (training without a cache only).
     """
     b, n, _ = x.shape
     new_valid = (
@@ -240,8 +244,12 @@ def run_stack(
     cos, sin = rotary(positions, start + n, x.dtype)
     # A chunk after a cached prefix needs an explicit causal mask too (is_causal aligns top-left).
     mask = _attention_mask(valid, n) if padded or (start > 0 and n > 1) else None
+    recompute = checkpointing and cache is None and torch.is_grad_enabled()
     for i, layer in enumerate(layers):
-        x = layer(x, cos, sin, mask, cache, i)
+        if recompute:
+            x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+        else:
+            x = layer(x, cos, sin, mask, cache, i)
     if cache is not None:
         cache.length = start + n
         cache.next_position += new_valid.sum(1)

@@ -14,6 +14,10 @@ from .prompts import DEFAULT_SYSTEM_MESSAGE, IMG_CONTEXT_TOKEN, get_template, re
 from .tokenizer import TokenizerError, load_tokenizer
 
 
+# config.json key holding the system message a model was trained with (absent: the released one).
+SYSTEM_MESSAGE_KEY = "system_message"
+
+
 class ContextLengthError(ValueError):
     """A prompt longer than the model's context."""
 
@@ -42,9 +46,12 @@ class ProcessorOutput:
 class HoVLEProcessor:
     """Tiles images, renders chat prompts and tokenizes them, as the released model expects."""
 
-    def __init__(self, config: HoVLEConfig, tokenizer=None, system_message: str = DEFAULT_SYSTEM_MESSAGE):
+    def __init__(self, config: HoVLEConfig, tokenizer=None, system_message: str | None = None):
         self.config = config
         self._tokenizer = tokenizer
+        # A model trained by hovle records its training system message in config.json.
+        if system_message is None:
+            system_message = config.extra.get(SYSTEM_MESSAGE_KEY, DEFAULT_SYSTEM_MESSAGE)
         self.system_message = system_message
         self.template = get_template(config.template)
         if tokenizer is not None:

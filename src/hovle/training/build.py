@@ -21,7 +21,9 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import os
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -30,8 +32,9 @@ from ..config import EmbeddingConfig, HoVLEConfig, LLMConfig
 from ..model.hovle import HoVLEModel
 from ..processing.prompts import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN
 from ..processing.tokenizer import load_tokenizer
+from .teachers import VisionTeacher, load_teacher
 
-__all__ = ["CHAT_TOKENS", "IMAGE_TOKENS", "INITS", "build_model", "grow_vocabulary", "load_llm_tokenizer"]
+__all__ = ["CHAT_TOKENS", "IMAGE_TOKENS", "INITS", "BuiltModel", "build_model", "grow_vocabulary", "load_llm_tokenizer"]
 
 IMAGE_TOKENS = [IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN]
 # The chat template's turn markers (internlm2-chat, i.e. ChatML), added only where missing; in the
@@ -42,8 +45,15 @@ INIT_STD = 0.02
 TEMPLATE = "internlm2-chat"
 
 
+class BuiltModel(NamedTuple):
+    model: HoVLEModel
+    tokenizer: Any
+    teacher: VisionTeacher | None  # the stage I teacher, when one was asked for
+
+
 def build_model(
     llm: str | Path,
+    teacher: VisionTeacher | str | os.PathLike | None = None,
     embedding_layers: int = 8,
     image_size: int = 448,
     patch_size: int = 14,
@@ -53,8 +63,10 @@ def build_model(
     gguf_file: str | Path | None = None,
     dtype: torch.dtype | str | None = None,
     seed: int = 0,
-):
-    """A new ``HoVLEModel`` (eval mode) over the LLM in the local folder ``llm``, and its tokenizer.
+) -> BuiltModel:
+    """A new ``HoVLEModel`` (eval mode) over the LLM in the local folder ``llm``, its tokenizer,
+    and the stage I vision ``teacher`` (a ``VisionTeacher``, ``"efficientnet-lite0"`` or a local
+    transformers vision model folder; see ``hovle.training.teachers.load_teacher``).
 
     ``llm`` is a folder in transformers layout (config.json + safetensors) or, with ``gguf_file``
     (a file name in the folder or a path), a GGUF LLM; a path to a ``.gguf`` file works too.
@@ -69,7 +81,7 @@ def build_model(
     seeded with ``seed``: the same arguments give the same model. ``dtype`` defaults to the
     LLM's.
 
-    Returns ``(model, tokenizer)``.
+    Returns ``BuiltModel(model, tokenizer, teacher)`` (teacher None when not asked for).
     """
     _check_arguments(embedding_layers, image_size, patch_size, downsample_ratio, pixel_shuffle_loc, init, seed)
     dtype = resolve_dtype(dtype)
@@ -112,7 +124,9 @@ def build_model(
         state[f"embedding_model.{name}"] = _initial(name, tuple(param.shape), init, llm_state, generator, dtype)
     model.load_state_dict(state, strict=True, assign=True)
     model.language_model.tie_weights()
-    return model.eval(), tokenizer
+    if teacher is not None and not isinstance(teacher, VisionTeacher):
+        teacher = load_teacher(teacher)
+    return BuiltModel(model.eval(), tokenizer, teacher)
 
 
 def _check_arguments(embedding_layers, image_size, patch_size, downsample_ratio, pixel_shuffle_loc, init, seed):

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..cache import cache_root
 from ..checkpoint import check_tensors
 
 __all__ = [
@@ -402,10 +403,7 @@ def teacher_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    root = os.environ.get("HOVLE_CACHE")
-    if root:
-        return Path(root).expanduser() / "teachers"
-    return Path.home() / ".cache" / "hovle" / "teachers"
+    return cache_root() / "teachers"
 
 
 def _lite0_package_file() -> Path:
