@@ -138,6 +138,38 @@ def _chat(args: argparse.Namespace) -> int:
         history.append((with_image_placeholders(question, history, len(patches)), reply))
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .recipes import get_recipe, prepare_recipe
+    from .training import distributed as dist
+    from .training.config import STAGES, apply_overrides, recipe_fields
+    from .training.pipeline import run_training
+
+    recipe = apply_overrides(get_recipe(args.recipe), args.set or [])
+    if args.list_settings:
+        values = recipe.to_dict()
+        for key in recipe_fields():
+            stage, _, name = key.rpartition(".")
+            value = values[stage][name] if stage else values[name]
+            print(f"{key} = {value!r}")
+        return 0
+    if not args.out:
+        raise ValueError("--out DIR is required")
+    env = dist.init_distributed(recipe.device or None)
+    # Process 0 makes what the recipe needs (data, converted weights); the others then find it cached.
+    if env.is_main:
+        recipe = prepare_recipe(recipe, progress=not args.no_progress)
+    dist.barrier(env)
+    if not env.is_main:
+        recipe = prepare_recipe(recipe, progress=False)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    try:
+        run_training(recipe, args.out, stages, resume=args.resume, progress=not args.no_progress,
+                     tensorboard=not args.no_tensorboard)
+    finally:
+        dist.shutdown_distributed()
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -162,11 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-new-tokens", type=_positive_int, default=512, help="answer length limit (default: 512)")
     chat.add_argument("--temperature", type=float, default=0.0, help="0 answers greedily (default); > 0 samples")
     chat.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when sampling (default: 1)")
-    chat.add_argument("--system", help="system message (default: the released one)")
+    chat.add_argument("--system", help="system message (default: the one the model was trained with, else the released one)")
     chat.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                       help="default: bfloat16 on CUDA, float32 on CPU")
     chat.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     chat.set_defaults(run=_chat)
+
+    train = commands.add_parser(
+        "train", help="train a HoVLE through the three stages (single process, or under torchrun)",
+        description="Train with a named recipe. Multi-GPU: torchrun --nproc-per-node N -m hovle train ...",
+    )
+    train.add_argument("--recipe", default="nano", help="recipe name: nano (default) or hovle-2b")
+    train.add_argument("--stage", default="all", choices=("distill", "align", "instruct", "all"),
+                       help="which stage to run (default: all, in order)")
+    train.add_argument("--out", help="run folder (checkpoints, metrics.jsonl, tensorboard/, <stage>/model)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="change a recipe setting, e.g. distill.lr=1e-4 or max_steps=20 (all stages)")
+    train.add_argument("--list-settings", action="store_true", help="print every setting of the recipe and exit")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    train.set_defaults(run=_train)
     return parser
 
 
@@ -188,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     from .processing.tokenizer import TokenizerError
 
     user_errors = (CheckpointError, ConfigError, ImageError, PromptError, TokenizerError, ContextLengthError,
-                   FileNotFoundError)
+                   FileNotFoundError, FileExistsError)
+    if args.command == "train":
+        from .recipes.nano_data import DataSourceError
+
+        user_errors += (ValueError, DataSourceError)  # recipe settings and data problems
     try:
         return args.run(args)
     except KeyboardInterrupt:

