@@ -888,6 +888,11 @@ class TransformersTokenizer:
                 out[token] = index
         return out
 
+    @property
+    def all_special_ids(self) -> list[int]:
+        """Ids of the special and added tokens."""
+        return sorted(set(self.hf_tokenizer.all_special_ids) | set(self.special_tokens.values()))
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if not isinstance(text, str):
             raise TokenizerError(f"encode takes a string, got {type(text).__name__}")

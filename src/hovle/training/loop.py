@@ -253,6 +253,7 @@ def _dummy_batch(pad_id: int) -> Batch:
 class StageResult:
     summary: dict  # steps, final loss, skipped records by reason, seconds...
     model_state: dict[str, torch.Tensor] | None  # the trained HoVLE weights (full, CPU) on process 0
+    head_state: dict[str, torch.Tensor] | None = None  # stage I's teacher head, if it has one
 
 
 def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: bool = False,
@@ -385,10 +386,11 @@ def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: b
         if key in last:
             summary[key] = last[key]
     full = dist.full_state_dict(wrapped)
-    model_state = None
+    model_state = head_state = None
     if env.is_main:
         model_state = {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
-    return StageResult(summary, model_state)
+        head_state = {k[len("head."):]: v.contiguous() for k, v in full.items() if k.startswith("head.")}
+    return StageResult(summary, model_state, head_state)
 
 
 def _skip_counts(plan_skips: SkipCounter, load_skips: SkipCounter, env) -> dict[str, int]:

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from ..model.hovle import HoVLEModel
 from ..processing.processor import SYSTEM_MESSAGE_KEY
@@ -28,6 +29,8 @@ from .stages import stage_module
 from .teachers import load_teacher
 
 MODEL_DIR = "model"
+# Stage I's projection to the teacher's width: not part of the HoVLE model, kept beside it.
+HEAD_FILE = "head.safetensors"
 
 
 def stage_model_dir(out_dir: str | os.PathLike, stage: str) -> Path:
@@ -39,7 +42,7 @@ def _say(env, text: str) -> None:
         print(text, flush=True)
 
 
-def start_model(recipe: Recipe, out_dir: Path, stage: str, env):
+def start_model(recipe: Recipe, out_dir: Path, stage: str):
     """The model a stage starts from, with its tokenizer, and where it came from."""
     for earlier in reversed(STAGES[: STAGES.index(stage)]):
         folder = stage_model_dir(out_dir, earlier)
@@ -133,11 +136,11 @@ def run_training(
                 summaries[stage] = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
                 continue
             raise FileExistsError(f"{final} exists: pass --resume to continue this run, or use a new --out folder")
-        model, tokenizer, source = start_model(recipe, out, stage, env)
+        model, tokenizer, source = start_model(recipe, out, stage)
         _say(env, f"stage {stage}: starting from {source}")
         settings = recipe.stage(stage)
         teacher = load_teacher(recipe.teacher) if stage == "distill" else None
-        module = stage_module(stage, model, settings.freeze, teacher)
+        module = stage_module(stage, model, settings.freeze, teacher, recipe.seed)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         run = StageRun(
             name=stage,
@@ -155,6 +158,8 @@ def run_training(
         )
         result = train_stage(run, env, resume=resume, progress=progress)
         if env.is_main:
+            if result.head_state:
+                save_file(result.head_state, str(stage_dir / HEAD_FILE))
             save_stage_model(result.model_state, model.config, tokenizer, final, recipe.system_message)
             result.summary["model"] = str(final)
             (stage_dir / "summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")

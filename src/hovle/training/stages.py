@@ -46,6 +46,8 @@ def set_trainable(model: HoVLEModel, parts: set[str]) -> None:
     for name, module in part_modules(model).items():
         if name in parts:
             module.requires_grad_(True)
+    # In the checkpoint layout but never used by the forward pass: nothing to train.
+    model.embedding_model.vision_embeddings.class_embedding.requires_grad_(False)
 
 
 # The parts each stage trains before the recipe's ``freeze`` flags are applied.
@@ -62,11 +64,18 @@ class DistillStage(nn.Module):
 
     name = "distill"
 
-    def __init__(self, model: HoVLEModel, teacher_dim: int):
+    def __init__(self, model: HoVLEModel, teacher_dim: int, seed: int = 0):
         super().__init__()
         self.model = model
         width = model.config.embedding.llm_hidden_size
         self.head = nn.Identity() if teacher_dim == width else nn.Linear(width, teacher_dim)
+        if isinstance(self.head, nn.Linear):
+            # Seeded, so that a resumed run rebuilds the same module whatever ran before it.
+            generator = torch.Generator().manual_seed(seed)
+            bound = width ** -0.5
+            with torch.no_grad():
+                self.head.weight.uniform_(-bound, bound, generator=generator)
+                self.head.bias.uniform_(-bound, bound, generator=generator)
 
     @staticmethod
     def targets(batch: Batch, context_id: int) -> int:
@@ -124,7 +133,8 @@ def teacher_tokens(teacher: VisionTeacher | None, batch: Batch, tokens_per_tile:
     return tokens.reshape(-1, tokens.shape[-1])
 
 
-def stage_module(name: str, model: HoVLEModel, freeze=(), teacher: VisionTeacher | None = None) -> nn.Module:
+def stage_module(name: str, model: HoVLEModel, freeze=(), teacher: VisionTeacher | None = None,
+                 seed: int = 0) -> nn.Module:
     """The trainable module of stage ``name`` with its parts (un)frozen."""
     parts = STAGE_PARTS[name] - set(freeze)
     if not parts:
@@ -133,5 +143,5 @@ def stage_module(name: str, model: HoVLEModel, freeze=(), teacher: VisionTeacher
     if name == "distill":
         if teacher is None:
             raise ValueError("stage I (distill) needs a vision teacher")
-        return DistillStage(model, teacher.feature_dim)
+        return DistillStage(model, teacher.feature_dim, seed)
     return LanguageStage(model, name)

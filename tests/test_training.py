@@ -1,0 +1,445 @@
+"""The training pipeline: data, stage losses and freezing, the loop, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from hovle import HoVLEModel, HoVLEProcessor
+from hovle.cli import main as cli_main
+from hovle.model.hovle import IGNORE_INDEX
+from hovle.processing.tokenizer import load_tokenizer
+from hovle.training.config import STAGES, Recipe, StageConfig, apply_overrides
+from hovle.training.data import (
+    CaptionData,
+    ConversationData,
+    DataStream,
+    DistillData,
+    SkipCounter,
+    collate,
+    load_plan,
+)
+from hovle.training.loop import checkpoint_steps, lr_factor
+from hovle.training.pipeline import run_training, start_model
+from hovle.training.stages import DistillStage, stage_module, teacher_tokens
+from hovle.training.teachers import VisionTeacher
+
+from .conftest import tiny_model
+from .training_setup import tiny_recipe, write_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TinyTeacher(VisionTeacher):
+    """A random conv teacher: 32 features on a 3x3 grid."""
+
+    feature_dim, image_size = 32, 27
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv = torch.nn.Conv2d(3, 32, kernel_size=9, stride=9)
+        self._freeze()
+
+    @property
+    def grid_size(self):
+        return (3, 3)
+
+    def _encode(self, pixel_values):
+        return self.conv(pixel_values)
+
+
+def metrics(run_dir: Path, stage: str | None = None) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if stage is None or r["stage"] == stage]
+
+
+def quiet(recipe, out, **kwargs):
+    return run_training(recipe, out, progress=False, tensorboard=kwargs.pop("tensorboard", False), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    config = StageConfig(max_steps=10, warmup_steps=4, min_lr_ratio=0.1)
+    factors = [lr_factor(step, config) for step in range(11)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert factors[10] == pytest.approx(0.1)
+    assert factors[7] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_overrides_parse_types_and_broadcast_stage_fields():
+    recipe = apply_overrides(Recipe(), ["max_steps=7", "distill.lr=0.5", "seed=3", "instruct.freeze=llm,vision",
+                                        "align.gradient_checkpointing=true"])
+    assert [recipe.stage(s).max_steps for s in STAGES] == [7, 7, 7]
+    assert recipe.distill.lr == 0.5 and recipe.align.lr == Recipe().align.lr
+    assert recipe.seed == 3 and recipe.instruct.freeze == ("llm", "vision")
+    assert recipe.align.gradient_checkpointing is True
+    assert Recipe().distill.max_steps == StageConfig().max_steps  # the original is untouched
+    for bad in ["nope=1", "distill.nope=1", "max_steps=x", "max_steps", "instruct.freeze=wheels", "max_steps=0",
+                "precision=fp64"]:
+        with pytest.raises(ValueError):
+            apply_overrides(Recipe(), [bad])
+
+
+def test_every_recipe_lists_the_fixed_fields():
+    from hovle.recipes import RECIPES, get_recipe
+
+    assert {"nano", "hovle-2b"} <= set(RECIPES)
+    for name in RECIPES:
+        recipe = get_recipe(name)
+        recipe.validate()
+        assert isinstance(recipe.seed, int)
+        for stage in STAGES:
+            assert recipe.stage(stage).max_steps > 0 and recipe.stage(stage).save_every >= 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(model, tokenizer, data files) for a tiny built model."""
+    root = tmp_path_factory.mktemp("built")
+    recipe = tiny_recipe(root)
+    model, tokenizer, _ = start_model(recipe, root / "run", "distill")
+    return model, tokenizer, recipe
+
+
+def test_conversation_prompt_is_the_inference_prompt_and_labels_are_the_answers(built, tmp_path):
+    model, tokenizer, recipe = built
+    image = Path(recipe.instruct.data).parent / "images" / "red-0.png"
+    record = {"image": str(image), "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is this?"}, {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "yes, red"}]}
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    data = ConversationData(path, tokenizer, model.config, 512, system_message="Be brief.", max_tiles=2)
+    example = data.example(0)
+    ids, labels = example.input_ids.tolist(), example.labels.tolist()
+    end = tokenizer.token_to_id("<|im_end|>")
+
+    # The tokens before the first answer are exactly what the processor builds at inference.
+    processor = HoVLEProcessor(model.config, tokenizer, system_message="Be brief.")
+    inputs = processor("What colour is this?", [str(image)], max_tiles=2)
+    prompt = inputs.input_ids[0].tolist()
+    assert ids[: len(prompt)] == prompt
+    assert all(label == IGNORE_INDEX for label in labels[: len(prompt)])
+    assert torch.equal(example.pixel_values, inputs.pixel_values)
+
+    # Labels cover the answers and their end-of-turn tokens, nothing else.
+    answers = [i for i, label in zip(ids, labels) if label != IGNORE_INDEX]
+    assert answers.count(end) == 2
+    first, second = tokenizer.decode(answers[: answers.index(end)]), tokenizer.decode(answers[answers.index(end) + 1:-1])
+    assert (first.strip(), second.strip()) == ("red", "yes, red")
+    assert [label for label in labels if label != IGNORE_INDEX] == answers
+
+
+def test_caption_labels_cover_caption_and_end(built):
+    model, tokenizer, recipe = built
+    data = CaptionData(recipe.align.data, tokenizer, model.config, 512)
+    example = data.example(0)
+    predicted = example.labels[example.labels != IGNORE_INDEX].tolist()
+    assert predicted[-1] == tokenizer.token_to_id("<|im_end|>")
+    assert tokenizer.decode(predicted[:-1]).strip() == json.loads(Path(recipe.align.data).read_text().splitlines()[0])["caption"]
+    context = int((example.input_ids == model.config.img_context_token_id).sum())
+    assert context == example.pixel_values.shape[0] * model.config.tokens_per_tile
+
+
+def test_bad_records_are_skipped_and_counted_by_reason(built):
+    model, tokenizer, recipe = built
+    data = ConversationData(recipe.instruct.data, tokenizer, model.config, 160, "sys", max_tiles=2)
+    stream = DataStream(data, tokens_per_batch=400, max_samples=4, seed=0)
+    loaded = SkipCounter()
+    seen = []
+    while stream.epoch == 0:
+        plan = stream.next_plan()
+        batch = load_plan(data, plan, loaded, pad_id=0)
+        seen += plan if batch is not None else []
+    merged = SkipCounter()
+    merged.merge(stream.skips)
+    merged.merge(loaded)
+    assert merged.counts() == {"missing_image": 1, "corrupt_image": 1, "empty_conversation": 1,
+                               "image_tag_mismatch": 1, "too_long": 1, "malformed_record": 1}
+    assert set(seen) == set(range(6))  # exactly the good records were loaded
+
+
+def test_stream_respects_the_budget_covers_each_epoch_and_resumes_exactly(built):
+    model, tokenizer, _ = built
+    data = DistillData(tokenizer, model.config, images=None, text=None, text_samples=23, uniform_fraction=1.0,
+                       text_length=10)
+    stream = DataStream(data, tokens_per_batch=35, max_samples=8, seed=4)
+    first_epoch = []
+    while stream.epoch == 0 or not first_epoch:
+        plan = stream.next_plan()
+        assert 1 <= len(plan) and len(plan) * 10 <= 35
+        if stream.epoch == 0 or stream.cursor == 0:
+            first_epoch += plan
+        if stream.cursor == len(data):
+            break
+    assert sorted(first_epoch) == list(range(23))
+
+    a = DataStream(data, 35, 8, seed=4)
+    plans = [a.next_plan() for _ in range(20)]
+    b = DataStream(data, 35, 8, seed=4)
+    [b.next_plan() for _ in range(7)]
+    c = DataStream(data, 35, 8, seed=4)
+    c.load_state_dict(json.loads(json.dumps(b.state_dict())))
+    assert [c.next_plan() for _ in range(13)] == plans[7:]
+    assert DataStream(data, 35, 8, seed=5).next_plan() != plans[0]
+
+
+def test_distill_text_samples_are_deterministic_and_avoid_special_tokens(built):
+    model, tokenizer, recipe = built
+    data = DistillData(tokenizer, model.config, images=None, text=recipe.distill.text, text_samples=50,
+                       uniform_fraction=0.5, text_length=12, seed=1)
+    first = [data.example(i).input_ids for i in range(50)]
+    again = [data.example(i).input_ids for i in range(50)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    special = set(tokenizer.all_special_ids) | {tokenizer.token_to_id("<|im_end|>")}
+    assert not special & set(torch.cat(first).tolist())
+    spans = [tokenizer.decode(ids) for ids in first]
+    assert any("the lazy dog" in s or "sofa" in s or "corpus" in s for s in spans)  # real-text spans occur
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage losses
+# ---------------------------------------------------------------------------------------------
+
+
+def test_next_token_loss_equals_the_full_logits_loss():
+    model = tiny_model()
+    ids = torch.randint(0, 100, (2, 9))
+    labels = ids.clone()
+    labels[0, :4] = IGNORE_INDEX
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    labels[1, 7:] = IGNORE_INDEX
+    total, count = model.next_token_loss(ids, None, mask, labels)
+    reference = model(ids, attention_mask=mask, labels=labels).loss
+    assert int(count) == int((labels[:, 1:] != IGNORE_INDEX).sum())
+    torch.testing.assert_close(total / count, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_distill_loss_is_negative_cosine_to_teacher_and_llm_embeddings(built):
+    model, tokenizer, recipe = built
+    model = HoVLEModel(model.config).requires_grad_(False)
+    model.load_state_dict(built[0].state_dict())
+    teacher = TinyTeacher()
+    data = DistillData(tokenizer, model.config, images=recipe.distill.data, text=recipe.distill.text,
+                       text_samples=2, text_length=8)
+    batch = collate([data.example(0), data.example(len(data) - 1)], pad_id=0)
+    stage = stage_module("distill", model, (), teacher)
+    assert isinstance(stage, DistillStage) and isinstance(stage.head, torch.nn.Linear)
+    out = stage(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
+                teacher_tokens(teacher, batch, model.config.tokens_per_tile))
+
+    embeds = model.embed(batch.input_ids, batch.pixel_values, batch.attention_mask)
+    image = batch.input_ids == model.config.img_context_token_id
+    grid = teacher.features(((batch.pixel_values * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+                             + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)).clamp(0, 1))
+    side = int(model.config.tokens_per_tile ** 0.5)
+    targets = F.adaptive_avg_pool2d(grid, (side, side)) if grid.shape[-1] >= side else \
+        F.interpolate(grid, size=(side, side), mode="bilinear", align_corners=False)
+    targets = targets.flatten(2).transpose(1, 2).reshape(-1, 32)
+    cos_image = F.cosine_similarity(stage.head(embeds[image]), targets, dim=-1).sum()
+    text = batch.labels != IGNORE_INDEX
+    llm_table = model.language_model.model.tok_embeddings.weight
+    cos_text = F.cosine_similarity(embeds[text], llm_table[batch.labels[text]], dim=-1).sum()
+    torch.testing.assert_close(out["loss_sum"], -(cos_image + cos_text), rtol=1e-5, atol=1e-5)
+    assert int(out["image_positions"]) == model.config.tokens_per_tile and int(out["text_positions"]) == 8
+
+    out["loss_sum"].backward()
+    trainable = {n for n, p in stage.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("model.language_model") for n in trainable)
+    assert all(p.grad is None for p in model.language_model.parameters())
+    assert model.embedding_model.encoder[0].attention.wqkv.weight.grad is not None
+
+
+@pytest.mark.parametrize("flags,trained", [
+    ((), {"vision", "projection", "text_embeddings", "embedding_layers", "llm"}),
+    (("llm", "vision"), {"projection", "text_embeddings", "embedding_layers"}),
+])
+def test_freezing_rules_per_stage(flags, trained):
+    from hovle.training.stages import part_modules
+
+    model = tiny_model()
+    stage_module("instruct", model, flags)
+    for name, module in part_modules(model).items():
+        for param_name, p in module.named_parameters():
+            # The unused class slot never trains.
+            assert p.requires_grad == (name in trained and param_name != "class_embedding"), (name, param_name)
+    stage_module("align", model, flags)
+    assert not any(p.requires_grad for p in model.language_model.parameters())
+    with pytest.raises(ValueError, match="frozen"):
+        stage_module("align", model, ("vision", "projection", "text_embeddings", "embedding_layers"))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for enabled in (False, True):
+        model = tiny_model(seed=2).train()
+        model.set_gradient_checkpointing(enabled)
+        ids = torch.randint(0, 100, (2, 12))
+        ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+        total, count = model.next_token_loss(ids, None, None, ids)
+        (total / count).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_align_keeps_the_llm_frozen_and_trains_the_module(tmp_path):
+    recipe = tiny_recipe(tmp_path, steps=3)
+    quiet(recipe, tmp_path / "run", stages=("align",))
+    before, _, _ = start_model(recipe, tmp_path / "nothing", "distill")
+    after = HoVLEModel.from_pretrained(tmp_path / "run" / "align" / "model")
+    old, new = before.state_dict(), after.state_dict()
+    llm = [k for k in old if k.startswith("language_model.")]
+    assert llm and all(torch.equal(old[k], new[k]) for k in llm)
+    assert not torch.equal(old["embedding_model.encoder.0.feed_forward.w1.weight"],
+                           new["embedding_model.encoder.0.feed_forward.w1.weight"])
+    # No optimizer state for the frozen LLM: the checkpoint's parameters are the module's.
+    last = checkpoint_steps(tmp_path / "run" / "align")[-1]
+    saved = load_file(str(tmp_path / "run" / "align" / "checkpoints" / f"step-{last:07d}" / "trainable.safetensors"))
+    assert saved and not any("language_model" in k for k in saved)
+    optimizer = torch.load(tmp_path / "run" / "align" / "checkpoints" / f"step-{last:07d}" / "optimizer.pt",
+                           weights_only=True)
+    assert not any("language_model" in str(k) for k in optimizer["state"])
+
+
+def test_full_run_writes_chat_ready_folders_metrics_tensorboard_and_skip_report(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, steps=2)
+    summaries = quiet(recipe, tmp_path / "run", tensorboard=True)
+    run = tmp_path / "run"
+    records = metrics(run)
+    assert [(r["stage"], r["step"]) for r in records] == [(s, i) for s in STAGES for i in (1, 2)]
+    for record in records:
+        assert {"stage", "step", "loss", "lr", "tokens_per_s"} <= set(record)
+        assert math.isfinite(record["loss"]) and record["tokens_per_s"] > 0
+    assert all(-1.0 <= r["loss"] <= 1.0 for r in metrics(run, "distill"))
+    for stage in STAGES:
+        assert list((run / "tensorboard" / stage).glob("events.out.tfevents.*"))
+        summary = json.loads((run / stage / "summary.json").read_text())
+        assert summary["steps"] == 2 and summary == json.loads(json.dumps(summaries[stage]))
+    assert json.loads((run / "recipe.json").read_text())["instruct"]["max_steps"] == 2
+
+    folder = run / "instruct" / "model"
+    model = HoVLEModel.from_pretrained(folder)
+    processor = HoVLEProcessor.from_pretrained(folder)
+    assert processor.system_message == recipe.system_message
+    answer = model.chat(processor, processor.process_images([str(tmp_path / "data/images/red-0.png")])[0],
+                        "<image>\nWhat colour is this?", {"max_new_tokens": 3})
+    assert isinstance(answer, str)
+    capsys.readouterr()
+    assert cli_main(["chat", str(folder), "--image", str(tmp_path / "data/images/red-0.png"), "Colour?",
+                     "--max-new-tokens", "2"]) == 0
+    assert cli_main(["info", str(folder)]) == 0
+
+
+def test_skipped_records_reach_metrics_and_summary(tmp_path):
+    recipe = apply_overrides(tiny_recipe(tmp_path), ["max_steps=6", "tokens_per_batch=2000", "max_samples_per_batch=16"])
+    summaries = quiet(recipe, tmp_path / "run", stages=("instruct",))
+    expected = {"missing_image": 1, "corrupt_image": 1, "empty_conversation": 1, "image_tag_mismatch": 1,
+                "too_long": 1, "malformed_record": 1}
+    assert summaries["instruct"]["skipped"] == expected
+    assert metrics(tmp_path / "run", "instruct")[-1]["skipped"] == expected
+
+
+def test_existing_run_needs_resume(tmp_path):
+    recipe = tiny_recipe(tmp_path, steps=1)
+    quiet(recipe, tmp_path / "run", stages=("align",))
+    with pytest.raises(FileExistsError, match="--resume"):
+        quiet(recipe, tmp_path / "run", stages=("align",))
+    again = quiet(recipe, tmp_path / "run", stages=("align",), resume=True)  # complete: nothing to do
+    assert again["align"]["steps"] == 1
+
+
+def _uninterrupted(tmp_path, stage, steps=5):
+    recipe = tiny_recipe(tmp_path / "straight", steps=steps)
+    quiet(recipe, tmp_path / "straight" / "run", stages=(stage,))
+    model = HoVLEModel.from_pretrained(tmp_path / "straight" / "run" / stage / "model")
+    return [r["loss"] for r in metrics(tmp_path / "straight" / "run", stage)], model.state_dict()
+
+
+KILL_DURING_SAVE = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {root!r})
+    import hovle.training.loop as loop
+    from tests.training_setup import tiny_recipe
+    from hovle.training.pipeline import run_training
+    from pathlib import Path
+
+    real_replace = os.replace
+    def replace(src, dst):
+        # Die while the step-4 checkpoint is being moved into place: its files are written,
+        # the rename never happens.
+        if Path(dst).name == "step-0000004":
+            os._exit(9)
+        return real_replace(src, dst)
+    loop.os.replace = replace
+    recipe = tiny_recipe(Path({base!r}), steps=5)
+    run_training(recipe, Path({base!r}) / "run", stages=({stage!r},), progress=False, tensorboard=False)
+""")
+
+
+@pytest.mark.parametrize("stage", ["align", "distill"])
+def test_resume_after_a_kill_mid_save_continues_like_an_uninterrupted_run(tmp_path, stage):
+    losses, weights = _uninterrupted(tmp_path, stage)
+
+    base = tmp_path / "killed"
+    script = KILL_DURING_SAVE.format(root=str(ROOT), base=str(base), stage=stage)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    killed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    stage_dir = base / "run" / stage
+    assert checkpoint_steps(stage_dir) == [2]  # the step-4 checkpoint never landed
+    assert list((stage_dir / "checkpoints").glob(".tmp-*"))  # its half-made folder is there
+    assert len(metrics(base / "run", stage)) == 4  # steps 3 and 4 ran before the kill
+
+    recipe = tiny_recipe(base, steps=5)
+    summary = quiet(recipe, base / "run", stages=(stage,), resume=True)[stage]
+    assert summary["resumed_from"] == 2
+    assert not list((stage_dir / "checkpoints").glob(".tmp-*"))
+    assert [r["loss"] for r in metrics(base / "run", stage)] == losses  # bit-identical
+    resumed = HoVLEModel.from_pretrained(stage_dir / "model").state_dict()
+    assert all(torch.equal(resumed[k], weights[k]) for k in weights)
+
+
+def test_cli_train_lists_settings_and_runs(tmp_path, capsys, monkeypatch):
+    assert cli_main(["train", "--recipe", "hovle-2b", "--list-settings"]) == 0
+    listed = capsys.readouterr().out
+    assert "distill.max_steps = 20000" in listed and "seed = 0" in listed and "instruct.save_every = 500" in listed
+    assert cli_main(["train", "--recipe", "nano", "--set", "bogus=1", "--out", str(tmp_path)]) == 2
+    assert "unknown setting 'bogus'" in capsys.readouterr().err
+
+    recipe = tiny_recipe(tmp_path, steps=1)
+    monkeypatch.setattr("hovle.recipes.RECIPES", {"tiny": lambda: recipe})
+    code = cli_main(["train", "--recipe", "tiny", "--stage", "align", "--out", str(tmp_path / "run"),
+                     "--set", "align.max_steps=2", "--no-progress", "--no-tensorboard"])
+    assert code == 0
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [1, 2]
+    assert load_tokenizer(tmp_path / "run" / "align" / "model").token_to_id("<IMG_CONTEXT>") is not None
