@@ -9,9 +9,10 @@ teacher's width: the teacher's own forward pass is not timed.
 
 Model FLOPs per step count matrix multiplies only: 2 per weight per token forward; backward 4
 per weight that trains and 2 per frozen weight the gradient still passes through (stage II's
-LLM); none for the LLM in stage I, which does not run. Attention adds 2 x 2 x layers x
-sequence^2 x hidden per sequence (causal: half of the full square) forward, likewise scaled for backward. MFU
-divides achieved model FLOPs/s by ``--peak-tflops`` (default: the dense bf16 peak of a known GPU).
+LLM); none for the LLM in stage I, which does not run. Causal attention adds 2 x layers x
+sequence^2 x hidden per sequence forward (QK^T and AV, half of the full square) and twice that
+backward. MFU divides achieved model FLOPs/s by ``--peak-tflops`` (default: the dense bf16 peak
+of a known GPU).
 
     python benchmarks/train.py                              # small CPU shape, about a minute
     python benchmarks/train.py --preset released --device cuda   # the released shape, bf16
