@@ -443,3 +443,46 @@ def test_cli_train_lists_settings_and_runs(tmp_path, capsys, monkeypatch):
     assert code == 0
     assert [r["step"] for r in metrics(tmp_path / "run")] == [1, 2]
     assert load_tokenizer(tmp_path / "run" / "align" / "model").token_to_id("<IMG_CONTEXT>") is not None
+
+
+DISTRIBUTED_RUN = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from pathlib import Path
+    from hovle.training.config import apply_overrides
+    from hovle.training.pipeline import run_training
+    from tests.training_setup import tiny_recipe
+
+    recipe = apply_overrides(tiny_recipe(Path({base!r}), steps=3), {overrides!r})
+    run_training(recipe, Path({base!r}) / "run", stages=({stage!r},), progress=False, tensorboard=False)
+""")
+
+
+def _launch(base: Path, stage: str, processes: int, overrides: list[str]) -> list[dict]:
+    script = base.with_suffix(".py")
+    base.mkdir(parents=True)
+    script.write_text(DISTRIBUTED_RUN.format(root=str(ROOT), base=str(base), stage=stage, overrides=overrides))
+    command = [sys.executable, str(script)]
+    if processes > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+                   str(script)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return metrics(base / "run", stage)
+
+
+@pytest.mark.parametrize("stage,strategy", [("instruct", "fsdp"), ("distill", "ddp")])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, stage, strategy):
+    common = [f"strategy={strategy}", "tokens_per_batch=200", "max_samples_per_batch=3"]
+    single = _launch(tmp_path / "one", stage, 1, common + ["grad_accum=2"])
+    double = _launch(tmp_path / "two", stage, 2, common + ["grad_accum=1"])
+    assert [r["samples"] for r in single] == [r["samples"] for r in double]
+    assert [r["targets"] for r in single] == [r["targets"] for r in double]
+    for one, two in zip(single, double):
+        assert two["loss"] == pytest.approx(one["loss"], rel=1e-4, abs=1e-5)
+        assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-3, abs=1e-5)
+    one = HoVLEModel.from_pretrained(tmp_path / "one" / "run" / stage / "model").state_dict()
+    two = HoVLEModel.from_pretrained(tmp_path / "two" / "run" / stage / "model").state_dict()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-5)
