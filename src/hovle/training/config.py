@@ -57,6 +57,7 @@ class Recipe:
     llm: str = ""  # local LLM folder (transformers layout) or .gguf file
     gguf_file: str = ""  # GGUF file name inside ``llm`` when ``llm`` is a folder
     teacher: str = "efficientnet-lite0"  # "efficientnet-lite0" or a local transformers vision model folder
+    teacher_image_size: int = 0  # pixels the teacher sees (0: its own default, 224 for EfficientNet-Lite0)
     embedding_layers: int = 8
     image_size: int = 448
     patch_size: int = 14

@@ -496,7 +496,7 @@ def _check_then_raise(model: nn.Module, problem_on_rank0: str | None) -> None:
         dist.broadcast_object_list(holder, src=0, device=_collective_device(model))
         problem_on_rank0 = holder[0]
     if problem_on_rank0:
-        raise KeyError(problem_on_rank0)
+        raise ValueError(problem_on_rank0)
 
 
 def _collective_device(model: nn.Module) -> torch.device | None:
@@ -510,9 +510,10 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, st
     """Load full weights (as :func:`full_state_dict` gives them) into ``model``.
 
     ``strict=True`` wants every name of the model's state dict; ``strict=False`` allows a subset
-    (e.g. a ``trainable_only`` state). Unknown names raise ``KeyError`` either way. For a wrapped
-    model, call it on every process: only rank 0's ``state`` is read (the others may pass ``{}``)
-    and its tensors are broadcast and sharded.
+    (e.g. a ``trainable_only`` state). Missing (when strict) or unknown names raise ``ValueError``.
+    For a wrapped model, call it on every process: only rank 0's ``state`` is read (the others
+    may pass ``{}``), its tensors are broadcast and sharded, and a name error is raised on every
+    process.
     """
     inner = unwrap(model)
     if not _is_wrapped(model):

