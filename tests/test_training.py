@@ -378,55 +378,57 @@ def test_existing_run_needs_resume(tmp_path):
     assert again["align"]["steps"] == 1
 
 
-def _uninterrupted(tmp_path, stage, steps=5):
-    recipe = tiny_recipe(tmp_path / "straight", steps=steps)
-    quiet(recipe, tmp_path / "straight" / "run", stages=(stage,))
-    model = HoVLEModel.from_pretrained(tmp_path / "straight" / "run" / stage / "model")
-    return [r["loss"] for r in metrics(tmp_path / "straight" / "run", stage)], model.state_dict()
-
-
-KILL_DURING_SAVE = textwrap.dedent("""
+RUN = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
-    import hovle.training.loop as loop
-    from tests.training_setup import tiny_recipe
-    from hovle.training.pipeline import run_training
     from pathlib import Path
+    import hovle.training.loop as loop
+    from hovle.training.pipeline import run_training
+    from tests.training_setup import tiny_recipe
 
     real_replace = os.replace
     def replace(src, dst):
-        # Die while the step-4 checkpoint is being moved into place: its files are written,
-        # the rename never happens.
-        if Path(dst).name == "step-0000004":
+        # Die while a checkpoint is moved into place: its files are written, the rename never happens.
+        if Path(dst).name == {kill_at!r}:
             os._exit(9)
         return real_replace(src, dst)
     loop.os.replace = replace
     recipe = tiny_recipe(Path({base!r}), steps=5)
-    run_training(recipe, Path({base!r}) / "run", stages=({stage!r},), progress=False, tensorboard=False)
+    run_training(recipe, Path({base!r}) / "run", stages=({stage!r},), resume={resume!r}, progress=False,
+                 tensorboard=False)
 """)
+
+
+def _run(base: Path, stage: str, resume: bool = False, kill_at: str = "") -> subprocess.CompletedProcess:
+    """A training run in its own process: every run of a comparison gets the same threads."""
+    script = RUN.format(root=str(ROOT), base=str(base), stage=stage, resume=resume, kill_at=kill_at)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("stage", ["align", "distill"])
 def test_resume_after_a_kill_mid_save_continues_like_an_uninterrupted_run(tmp_path, stage):
-    losses, weights = _uninterrupted(tmp_path, stage)
+    straight = _run(tmp_path / "straight", stage)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    losses = [r["loss"] for r in metrics(tmp_path / "straight" / "run", stage)]
+    weights = HoVLEModel.from_pretrained(tmp_path / "straight" / "run" / stage / "model").state_dict()
 
     base = tmp_path / "killed"
-    script = KILL_DURING_SAVE.format(root=str(ROOT), base=str(base), stage=stage)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    killed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    killed = _run(base, stage, kill_at="step-0000004")
     assert killed.returncode == 9, killed.stderr[-2000:]
     stage_dir = base / "run" / stage
     assert checkpoint_steps(stage_dir) == [2]  # the step-4 checkpoint never landed
     assert list((stage_dir / "checkpoints").glob(".tmp-*"))  # its half-made folder is there
     assert len(metrics(base / "run", stage)) == 4  # steps 3 and 4 ran before the kill
 
-    recipe = tiny_recipe(base, steps=5)
-    summary = quiet(recipe, base / "run", stages=(stage,), resume=True)[stage]
+    resumed = _run(base, stage, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((stage_dir / "summary.json").read_text())
     assert summary["resumed_from"] == 2
     assert not list((stage_dir / "checkpoints").glob(".tmp-*"))
     assert [r["loss"] for r in metrics(base / "run", stage)] == losses  # bit-identical
-    resumed = HoVLEModel.from_pretrained(stage_dir / "model").state_dict()
-    assert all(torch.equal(resumed[k], weights[k]) for k in weights)
+    final = HoVLEModel.from_pretrained(stage_dir / "model").state_dict()
+    assert all(torch.equal(final[k], weights[k]) for k in weights)
 
 
 def test_cli_train_lists_settings_and_runs(tmp_path, capsys, monkeypatch):
