@@ -338,6 +338,7 @@ def test_transformers_add_special_tokens_survive_save(tmp_path):
     tok.save(tmp_path / "saved")
     again = load_tokenizer(tmp_path / "saved")
     assert again.encode("world <img>hello</img>") == encoded and again.decode(encoded) == "world"
+    assert {VOCAB, VOCAB + 1} <= set(again.all_special_ids)  # what stage I keeps out of random text
     with pytest.raises(TokenizerError, match="list of non-empty strings"):
         tok.add_special_tokens("<img>")
 

@@ -806,6 +806,10 @@ class TransformersTokenizer:
                 f"{folder} holds a transformers tokenizer; loading it needs the transformers package "
                 "(pip install transformers)"
             ) from None
+        # AutoTokenizer also reads the folder's config.json: a HoVLE folder's model type is unknown to
+        # transformers, which then warns about a type it does not need; keep its log to errors.
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(
                 str(folder), trust_remote_code=False, local_files_only=True
@@ -814,6 +818,8 @@ class TransformersTokenizer:
             raise TokenizerError(
                 f"transformers cannot load the tokenizer in {folder}: {type(e).__name__}: {e}"
             ) from None
+        finally:
+            transformers.logging.set_verbosity(verbosity)
         if isinstance(tokenizer, bool) or not hasattr(tokenizer, "encode"):
             raise TokenizerError(f"transformers did not return a tokenizer for {folder}")
         return cls(tokenizer)
