@@ -431,7 +431,7 @@ def test_copy_init_starts_from_the_llm_layers(tmp_path, kind):
 
 def test_llama_biases_are_copied(tmp_path):
     folder, _ = hf_llm_folder(tmp_path, attention_bias=True, mlp_bias=True)
-    model, _, _ = build_model(folder, embedding_layers=1, **SMALL)
+    model, _, _ = build_model(folder, embedding_layers=1, init="copy", **SMALL)
     assert model.config.embedding.attention_bias and model.config.embedding.mlp_bias
     bias = model.embedding_model.encoder[0].attention.wo.bias
     assert torch.equal(bias, model.language_model.model.layers[0].attention.wo.bias)
@@ -522,7 +522,7 @@ def test_build_in_bfloat16(tmp_path):
         (dict(pixel_shuffle_loc="middle"), "'pre' or 'post'"),
         (dict(embedding_layers=0), "embedding_layers must be a positive integer"),
         (dict(patch_size=14.0), "patch_size must be a positive integer"),
-        (dict(embedding_layers=LAYERS + 1), rf"init='copy' needs embedding_layers <= the LLM's {LAYERS} layers"),
+        (dict(embedding_layers=LAYERS + 1, init="copy"), rf"init='copy' needs embedding_layers <= the LLM's {LAYERS} layers"),
         (dict(dtype="float8"), "unknown dtype"),
         (dict(seed="one"), "seed must be an integer"),
     ],

@@ -28,7 +28,7 @@ def recipe() -> Recipe:
         patch_size=14,
         downsample_ratio=0.5,
         pixel_shuffle_loc="pre",
-        init="copy",
+        init="random",
         system_message=DEFAULT_SYSTEM_MESSAGE,
         precision="auto",
         strategy="fsdp",

@@ -31,7 +31,7 @@ def recipe() -> Recipe:
         image_size=28,
         patch_size=7,
         downsample_ratio=0.5,
-        init="copy",
+        init="random",
         system_message="",
         distill=StageConfig(max_steps=60, lr=1e-3, text_length=16, uniform_text_fraction=0.5, **common),
         align=StageConfig(max_steps=12, lr=1e-3, **common),

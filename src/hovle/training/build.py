@@ -6,8 +6,8 @@ tokenizer (growing the LLM's vocabulary where they are new), and puts a freshly 
 holistic embedding module in front of the unmodified LLM:
 
 * its decoder layers have the LLM's layer shape (hidden size, heads, kv heads, MLP width, norm eps,
-  rotary settings); ``init="copy"`` starts layer i as a copy of the LLM's layer i,
-  ``init="random"`` from scratch;
+  rotary settings); ``init="random"`` (the default) starts them from scratch, ``init="copy"``
+  starts layer i as a copy of the LLM's layer i;
 * its text table starts as a copy of the LLM's input embeddings (the module embeds text itself);
 * the patch embedding, position grid and pixel-shuffle projection start random.
 
@@ -59,7 +59,7 @@ def build_model(
     patch_size: int = 14,
     downsample_ratio: float = 0.5,
     pixel_shuffle_loc: str = "pre",
-    init: str = "copy",
+    init: str = "random",
     gguf_file: str | Path | None = None,
     dtype: torch.dtype | str | None = None,
     seed: int = 0,
@@ -73,9 +73,10 @@ def build_model(
     The tokenizer is the folder's (or the GGUF file's) with ``<img>``, ``</img>`` and
     ``<IMG_CONTEXT>`` added as special tokens, and ``<|im_end|>`` / ``<|im_start|>`` where it
     lacks them; rows for new tokens in the LLM's token table and output head start as the mean of
-    the existing rows. ``embedding_layers`` decoder layers of the LLM's shape start as copies of
-    the LLM's first layers (``init="copy"``) or random (``init="random"``: normal(0, 0.02)
-    matrices, norm weights one, biases zero). Image inputs are ``image_size`` pixels square, cut
+    the existing rows. ``embedding_layers`` decoder layers of the LLM's shape start random
+    (``init="random"``, the default: normal(0, 0.02) matrices, norm weights one, biases zero;
+    on the nano recipe it distils clearly better, see docs/training.md) or as copies of the
+    LLM's first layers (``init="copy"``). Image inputs are ``image_size`` pixels square, cut
     into ``patch_size`` patches and pixel-shuffled by ``downsample_ratio`` (``pixel_shuffle_loc``
     "pre" as HoVLE, "post" as HoVLE-HD). Every random tensor comes from one ``torch.Generator``
     seeded with ``seed``: the same arguments give the same model. ``dtype`` defaults to the

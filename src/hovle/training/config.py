@@ -63,7 +63,7 @@ class Recipe:
     patch_size: int = 14
     downsample_ratio: float = 0.5
     pixel_shuffle_loc: str = "pre"
-    init: str = "copy"  # embedding layers start as copies of the LLM's first layers, or "random"
+    init: str = "random"  # embedding layers start random (distils better, docs/training.md) or "copy"
     system_message: str = "You are a helpful assistant."
     seed: int = 0
     device: str = ""  # "" picks cuda when available, else cpu
