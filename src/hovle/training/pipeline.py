@@ -48,6 +48,12 @@ def start_model(recipe: Recipe, out_dir: Path, stage: str):
         folder = stage_model_dir(out_dir, earlier)
         if (folder / "config.json").is_file():
             return HoVLEModel.from_pretrained(folder, dtype=torch.float32), load_tokenizer(folder), str(folder)
+    model, tokenizer = build_from_recipe(recipe)
+    return model, tokenizer, f"a new model built from {recipe.llm} (init={recipe.init})"
+
+
+def build_from_recipe(recipe: Recipe):
+    """A new (model, tokenizer) as the recipe's model fields describe it, in float32."""
     if not recipe.llm:
         raise ValueError("the recipe names no LLM: --set llm=PATH (a local LLM folder or .gguf file)")
     model, tokenizer, _ = build_model(
@@ -62,7 +68,7 @@ def start_model(recipe: Recipe, out_dir: Path, stage: str):
         dtype=torch.float32,
         seed=recipe.seed,
     )
-    return model, tokenizer, f"a new model built from {recipe.llm} (init={recipe.init})"
+    return model, tokenizer
 
 
 def stage_data(recipe: Recipe, stage: str, tokenizer, config):

@@ -1,0 +1,1 @@
+"""Evaluation of trained HoVLE models (``nano``: the held-out checks of the nano recipe)."""

@@ -1,0 +1,324 @@
+"""The nano evaluation functions and the quickstart report, on a tiny model trained in the test."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from hovle.eval.nano import (
+    answer_accuracy,
+    distill_cosines,
+    normalize_answer,
+    read_eval_records,
+    text_perplexity,
+)
+from hovle.model.hovle import HoVLEModel
+from hovle.processing.processor import HoVLEProcessor
+from hovle.quickstart import METRIC_KEYS, run_quickstart, write_report
+from hovle.training.build import build_model
+from hovle.training.data import denormalize
+from hovle.training.pipeline import run_training, stage_model_dir
+from hovle.training.teachers import load_teacher, resample_grid
+
+from .training_setup import tiny_recipe
+
+COLOURS = ("red", "green", "blue")
+PASSAGES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello world, this is a small corpus for a tokenizer test.",
+    "Please describe the picture in detail, then answer the question.",
+    "What is in this image? It is a cat sitting on a red sofa.",
+    "numbers 12345 and 67890, prices $3.50 and 7%.",
+]
+
+
+def eval_records(images: list[str]) -> list[dict]:
+    """Three questions per colour image, in the nano eval.jsonl format."""
+    records = []
+    for i, name in enumerate(images):
+        colour = name.split("-")[0]
+        other = COLOURS[(COLOURS.index(colour) + 1) % 3]
+        asked = colour if i % 2 == 0 else other
+        records += [
+            {"image": f"images/{name}", "kind": "what", "question": "What colour is this?", "answer": colour,
+             "label": colour},
+            {"image": f"images/{name}", "kind": "yesno", "question": f"Is this {asked}?",
+             "answer": "Yes" if asked == colour else "No", "label": colour},
+            {"image": f"images/{name}", "kind": "choice", "question": "Which of these is it: red, green or blue?",
+             "answer": colour, "label": colour, "options": list(COLOURS)},
+        ]
+    return records
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def image_names(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "data" / "images").glob("*-*.png"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny recipe trained through all three stages, with an eval file and held-out text."""
+    root = tmp_path_factory.mktemp("trained")
+    recipe = tiny_recipe(root, steps=2, bad=False)
+    run_training(recipe, root / "run", progress=False, tensorboard=False)
+    data = root / "data"
+    evals = write_jsonl(data / "eval.jsonl", eval_records(image_names(root)))
+    heldout = data / "heldout.txt"
+    heldout.write_text("\n".join(PASSAGES) + "\n")
+    return SimpleNamespace(root=root, recipe=recipe, run=root / "run", eval=evals, text_heldout=heldout)
+
+
+def load(run: Path, stage: str):
+    folder = stage_model_dir(run, stage)
+    return HoVLEModel.from_pretrained(folder, dtype=torch.float32).eval(), HoVLEProcessor.from_pretrained(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers
+# ---------------------------------------------------------------------------------------------
+
+
+def test_normalize_answer_strips_case_and_final_period():
+    assert normalize_answer("  Ankle Boot. ") == "ankle boot"
+    assert normalize_answer("Yes.") == normalize_answer("yes") == "yes"
+    assert normalize_answer("no..") == "no"
+    assert normalize_answer("t-shirt") == "t-shirt"
+    assert normalize_answer("Yes, it is.") == "yes, it is"  # only the end is trimmed
+
+
+def test_read_eval_records_limits_per_kind_and_resolves_paths(tmp_path):
+    path = write_jsonl(tmp_path / "eval.jsonl", eval_records(["red-0.png", "green-1.png", "blue-2.png"]))
+    records = read_eval_records(path, ("choice", "what"), limit=2)
+    assert [r["kind"] for r in records] == ["choice", "choice", "what", "what"]
+    assert [r["image"] for r in records[:2]] == ["images/red-0.png", "images/green-1.png"]
+    assert records[0]["path"] == str(tmp_path / "images" / "red-0.png")
+    assert len(read_eval_records(path)) == 9
+    with pytest.raises(ValueError, match="unknown question kinds"):
+        read_eval_records(path, ("describe",))
+    (tmp_path / "bad.jsonl").write_text('{"image": "a.png", "kind": "what"}\n')
+    with pytest.raises(ValueError, match="line 1"):
+        read_eval_records(tmp_path / "bad.jsonl")
+
+
+def test_batched_answers_equal_chat_one_by_one_and_aggregate_per_kind(trained, tmp_path):
+    model, processor = load(trained.run, "instruct")
+    data = trained.root / "data"
+    records = eval_records(image_names(trained.root))[:12]  # 4 images x 3 kinds
+    singles = []
+    for record in records:
+        pixel_values, _ = processor.process_images([str(data / record["image"])], max_tiles=1)
+        singles.append(model.chat(processor, pixel_values, record["question"], {"max_new_tokens": 6}))
+    # Expected answers made from the model's own: the first of each kind's pair matches after
+    # normalisation (upper case, final period), the second cannot match.
+    expected = []
+    for i, (record, answer) in enumerate(zip(records, singles)):
+        record = dict(record)
+        shouted = "".join(c.upper() if c.isascii() else c for c in answer)
+        record["answer"] = f"  {shouted}." if (i // 3) % 2 == 0 else answer + " never"
+        expected.append(record)
+    path = write_jsonl(data / "eval_forced.jsonl", expected)
+
+    result = answer_accuracy(model, processor, path, batch_size=5, max_new_tokens=6, progress=False)
+    assert result["counts"] == {"what": 4, "yesno": 4, "choice": 4}
+    assert result["accuracy_what"] == result["accuracy_yesno"] == result["accuracy_choice"] == 0.5
+    by_question = {(e["image"], e["kind"]): e for e in result["examples"]}
+    for record, answer in zip(records, singles):
+        example = by_question[(record["image"], record["kind"])]
+        assert example["answer"] == answer  # batched, left-padded == one question at a time
+        assert example["question"] == record["question"]
+    assert sum(e["correct"] for e in result["examples"]) == 6
+
+    limited = answer_accuracy(model, processor, path, kinds=("yesno",), limit=2, max_new_tokens=6,
+                             progress=False)
+    assert limited["counts"] == {"what": 0, "yesno": 2, "choice": 0}
+    assert limited["accuracy_what"] is None and limited["accuracy_yesno"] == 0.5
+
+
+def test_answer_accuracy_stops_at_the_end_of_turn(trained, monkeypatch):
+    """A forced generator: the text after the end-of-turn token never reaches the answer."""
+    model, processor = load(trained.run, "instruct")
+    end = processor.end_of_turn_id
+    words = {c: processor.tokenizer.encode(c, add_special_tokens=False) for c in COLOURS}
+
+    def fake_generate(input_ids, pixel_values=None, attention_mask=None, max_new_tokens=8, eos_token_id=None):
+        assert eos_token_id == end and max_new_tokens == 8
+        assert bool(attention_mask[:, -1].all())  # left-padded prompts
+        row = words["red"] + [end] + words["blue"]
+        return torch.tensor([row] * input_ids.shape[0])
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    result = answer_accuracy(model, processor, trained.eval, progress=False)
+    assert {e["answer"] for e in result["examples"]} == {"red"}
+    reds = [r for r in read_eval_records(trained.eval, ("what",))]
+    assert result["accuracy_what"] == sum(r["answer"] == "red" for r in reds) / len(reds)
+    assert result["accuracy_yesno"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Perplexity and cosines
+# ---------------------------------------------------------------------------------------------
+
+
+def fresh_model(recipe):
+    return build_model(recipe.llm, embedding_layers=recipe.embedding_layers, image_size=recipe.image_size,
+                       patch_size=recipe.patch_size, downsample_ratio=recipe.downsample_ratio, init=recipe.init,
+                       dtype=torch.float32, seed=recipe.seed)
+
+
+def test_text_perplexity_is_exp_of_the_mean_next_token_loss(trained):
+    model, tokenizer, _ = fresh_model(trained.recipe)
+    llm = model.language_model
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for passage in PASSAGES:
+            ids = torch.tensor([tokenizer.encode(passage, add_special_tokens=True)[:10]])
+            logits = llm(llm.model.tok_embeddings(ids))
+            total += float(F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum"))
+            count += ids.shape[1] - 1
+    expected = math.exp(total / count)
+    got = text_perplexity(model, tokenizer, PASSAGES, batch_size=2, max_length=10)
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert text_perplexity(llm, tokenizer, trained.text_heldout, max_length=10) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(TypeError):
+        text_perplexity(object(), tokenizer, PASSAGES)
+
+
+def test_perplexity_is_unchanged_by_the_frozen_stages_and_moves_when_the_llm_trains(trained):
+    model, tokenizer, _ = fresh_model(trained.recipe)
+    before = text_perplexity(model, tokenizer, PASSAGES)
+    for stage in ("distill", "align"):
+        trained_model, processor = load(trained.run, stage)
+        assert text_perplexity(trained_model, processor.tokenizer, PASSAGES) == before
+    # The tiny recipe does not freeze the LLM in stage III.
+    instruct, processor = load(trained.run, "instruct")
+    assert text_perplexity(instruct, processor.tokenizer, PASSAGES) != before
+
+
+def test_distill_cosines_match_a_direct_computation(trained):
+    model, processor = load(trained.run, "distill")
+    teacher = load_teacher("efficientnet-lite0")
+    head = trained.run / "distill" / "head.safetensors"
+    data = trained.root / "data"
+    paths = [str(data / "images" / n) for n in image_names(trained.root)[:3]]
+
+    cos_image, cos_text = distill_cosines(model, head, teacher, paths, None, processor.tokenizer, samples=2,
+                                          batch_size=1)
+    assert cos_text is None
+
+    from safetensors.torch import load_file
+
+    weights = load_file(str(head))
+    tokens = model.config.tokens_per_tile
+    ids = processor.tokenizer.encode("<img>" + "<IMG_CONTEXT>" * tokens + "</img>", add_special_tokens=False)
+    sims = []
+    with torch.no_grad():
+        for path in paths[:2]:
+            pixel_values, _ = processor.process_images([path], max_tiles=1)
+            out = model.embed(torch.tensor([ids]), pixel_values)[0, 1:-1]
+            predicted = F.linear(out, weights["weight"], weights["bias"])
+            side = int(math.isqrt(tokens))
+            target = resample_grid(teacher.features(denormalize(pixel_values)), (side, side))[0]
+            sims.append(F.cosine_similarity(predicted, target, dim=-1))
+    assert cos_image == pytest.approx(float(torch.cat(sims).mean()), abs=1e-5)
+
+    no_image, text = distill_cosines(model, head, teacher, None, trained.text_heldout, processor.tokenizer,
+                                     samples=3, text_length=8)
+    assert no_image is None and -1.0 <= text <= 1.0
+    with pytest.raises(FileNotFoundError, match="head"):
+        distill_cosines(model, trained.root / "absent.safetensors", teacher, paths, None, processor.tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------
+# The quickstart
+# ---------------------------------------------------------------------------------------------
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 50 and image.size[1] > 50
+        image.verify()
+
+
+def test_quickstart_end_to_end_on_a_tiny_recipe(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, steps=2, bad=False)
+    data_dir = tmp_path / "data"
+    data = SimpleNamespace(eval=write_jsonl(data_dir / "eval.jsonl", eval_records(image_names(tmp_path))),
+                           text_heldout=data_dir / "heldout.txt")
+    data.text_heldout.write_text("\n".join(PASSAGES) + "\n")
+    out = tmp_path / "quick"
+    results = run_quickstart(out, eval_images=3, progress=False, recipe=recipe, data=data, cosine_samples=3,
+                             eval_batch_size=4)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == list(METRIC_KEYS) and metrics == json.loads(json.dumps(results["metrics"]))
+    for kind in ("what", "yesno", "choice"):
+        assert 0.0 <= metrics[f"accuracy_{kind}"] <= 1.0
+    assert -1.0 <= metrics["cosine_image"] <= 1.0 and -1.0 <= metrics["cosine_text"] <= 1.0
+    assert metrics["perplexity_after_align"] == metrics["perplexity_before"]
+    assert metrics["perplexity_after_instruct"] > 0 and metrics["seconds"] > 0 and metrics["skipped"] == []
+
+    details = json.loads((out / "details.json").read_text())
+    assert details["ablation"]["stages"] == ["align", "instruct"]
+    assert {f"accuracy_{k}" for k in ("what", "yesno", "choice")} <= set(details["ablation"])
+    assert set(details["summaries"]) == {"distill", "align", "instruct"}
+    assert {"train", "accuracy", "ablation_train", "perplexity_before"} <= set(details["timings"])
+    assert not (set(details) & {"accuracy_what", "cosine_image"})  # headline numbers stay in metrics.json
+    assert len((out / "answers.jsonl").read_text().splitlines()) == 9
+    assert len((out / "answers_ablation.jsonl").read_text().splitlines()) == 9
+    assert (out / "ablation" / "align" / "model" / "config.json").is_file()
+    assert not (out / "ablation" / "distill").exists()
+
+    for name in ("loss_distill.png", "loss_align.png", "loss_instruct.png", "samples.png"):
+        assert_png(out / name)
+    report = (out / "report.md").read_text()
+    for section in ("## Training", "## Stage I: held-out cosines", "## Answer accuracy", "## Text perplexity",
+                    "## Ablation: without stage I", "## Sample answers", "## Time", "Change after stage III",
+                    "![loss align](loss_align.png)", "![sample answers](samples.png)", "no stage I", "10.0%",
+                    "50.0%", "33.3%", "unchanged, as it must be"):
+        assert section in report, section
+    printed = capsys.readouterr().out
+    assert "Q: What is this?" in printed and "quickstart results" in printed and "no stage I" in printed
+
+
+def test_quickstart_without_stage_one_reports_nulls_and_no_ablation(trained, tmp_path):
+    data = SimpleNamespace(eval=trained.eval, text_heldout=trained.text_heldout)
+    out = tmp_path / "quick"
+    run_quickstart(out, skip=("distill", "instruct"), overrides=("max_steps=1",), eval_images=1, progress=False,
+                   recipe=trained.recipe, data=data)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped"] == ["distill", "instruct"]
+    assert metrics["cosine_image"] is None and metrics["cosine_text"] is None
+    assert metrics["perplexity_after_instruct"] is None
+    assert metrics["perplexity_after_align"] == metrics["perplexity_before"]
+    assert json.loads((out / "details.json").read_text())["ablation"] is None
+    assert json.loads((out / "run" / "recipe.json").read_text())["align"]["max_steps"] == 1
+    assert not (out / "loss_distill.png").exists() and (out / "loss_align.png").is_file()
+    report = (out / "report.md").read_text()
+    assert "Not measured: stage I did not run." in report and "there is no ablation" in report
+
+
+def test_quickstart_argument_and_report_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown stages"):
+        run_quickstart(tmp_path, skip=("pretrain",))
+    with pytest.raises(ValueError, match="every stage"):
+        run_quickstart(tmp_path, skip=("distill", "align", "instruct"))
+    with pytest.raises(ValueError, match="data="):
+        run_quickstart(tmp_path, recipe=tiny_recipe(tmp_path))
+    metrics = {key: None for key in METRIC_KEYS}
+    with pytest.raises(ValueError, match="exactly the keys"):
+        write_report(tmp_path, {"metrics": {**metrics, "extra": 1}})
+    metrics.update(seconds=1.0, skipped=[])
+    files = write_report(tmp_path / "minimal", {"metrics": metrics})
+    assert json.loads(files["metrics"].read_text()) == metrics and files["report"].is_file()
