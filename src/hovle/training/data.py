@@ -631,4 +631,4 @@ def skip_summary(counts: dict[str, int]) -> str:
         return "no record skipped"
     total = sum(counts.values())
     parts = ", ".join(f"{reason} {n}" for reason, n in Counter(counts).most_common())
-    return f"{total} records skipped ({parts})"
+    return f"{total} record{'s' if total > 1 else ''} skipped ({parts})"

@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..model.hovle import IGNORE_INDEX
 from . import distributed as dist
-from .config import StageConfig
+from .config import STAGES, StageConfig
 from .data import Batch, DataStream, SkipCounter, TrainingData, load_plan, skip_summary
 from .stages import teacher_tokens
 from .teachers import VisionTeacher
@@ -59,7 +59,6 @@ class StageRun:
     precision: str = "auto"
     strategy: str = "fsdp"
     tensorboard_dir: Path | None = None
-    extra_metrics: dict = field(default_factory=dict)
 
 
 def lr_factor(step: int, config: StageConfig) -> float:
@@ -211,8 +210,6 @@ class MetricsLog:
         """Drop records a killed run wrote after the checkpoint it resumes from."""
         if not self.path.exists():
             return
-        from .config import STAGES
-
         later = set(STAGES[STAGES.index(self.stage) + 1:]) if self.stage in STAGES else set()
         kept = []
         for line in self.path.read_text().splitlines():
@@ -399,7 +396,7 @@ def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: b
 def _skip_counts(plan_skips: SkipCounter, load_skips: SkipCounter, env) -> dict[str, int]:
     merged = SkipCounter()
     merged.merge(plan_skips)
-    for state in _gather_objects(load_skips.state_dict(), env) if env.is_distributed else [load_skips.state_dict()]:
+    for state in _gather_objects(load_skips.state_dict(), env):
         counter = SkipCounter()
         counter.load_state_dict(state)
         merged.merge(counter)

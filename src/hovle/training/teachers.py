@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
