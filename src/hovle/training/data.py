@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..config import HoVLEConfig
 from ..model.hovle import IGNORE_INDEX
-from ..processing.images import ImageError, find_grid, image_to_pixel_values
+from ..processing.images import IMAGENET_MEAN, IMAGENET_STD, ImageError, find_grid, image_to_pixel_values
 from ..processing.prompts import (
     IMAGE_PLACEHOLDER,
     IMG_CONTEXT_TOKEN,
@@ -48,10 +48,6 @@ SKIP_REASONS = (
     "image_tag_mismatch",
     "too_long",
 )
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 class SkipSample(Exception):
     """A training record that cannot be used; ``reason`` is one of ``SKIP_REASONS``."""
