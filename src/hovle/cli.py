@@ -170,6 +170,17 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quickstart(args: argparse.Namespace) -> int:
+    import time
+
+    from .quickstart import run_quickstart
+
+    out = args.out or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_quickstart(out, skip=args.skip or (), overrides=args.set or [], eval_images=args.eval_images,
+                   ablation=args.ablation, progress=not args.no_progress, resume=args.resume)
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -215,6 +226,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     train.set_defaults(run=_train)
+
+    quickstart = commands.add_parser(
+        "quickstart", help="train HoVLE-nano through the three stages on this machine, evaluate it, write a report",
+        description="Builds the nano recipe from installed packages (SmolLM2-135M-Instruct, EfficientNet-Lite0, "
+                    "Fashion-MNIST, King James Bible text), trains stage I -> II -> III, evaluates the model on "
+                    "held-out images and text, and writes report.md, metrics.json and plots to --out.",
+    )
+    quickstart.add_argument("--out", help="run folder (default: runs/quickstart-<date>-<time>)")
+    quickstart.add_argument("--skip", action="append", choices=("distill", "align", "instruct"),
+                            help="leave a stage out (repeatable); --skip distill is the paper's ablation")
+    quickstart.add_argument("--ablation", action="store_true",
+                            help="also train the same recipe without stage I and compare (twice the training time)")
+    quickstart.add_argument("--eval-images", type=_positive_int, default=1000,
+                            help="held-out images asked \"What is this?\" (default: 1000)")
+    quickstart.add_argument("--set", action="append", metavar="KEY=VALUE",
+                            help="change a nano recipe setting, e.g. instruct.max_steps=20 or max_steps=2 (all stages)")
+    quickstart.add_argument("--resume", action="store_true", help="continue an interrupted quickstart in --out")
+    quickstart.add_argument("--no-progress", action="store_true", help="no progress bars")
+    quickstart.set_defaults(run=_quickstart)
     return parser
 
 
@@ -237,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
     user_errors = (CheckpointError, ConfigError, ImageError, PromptError, TokenizerError, ContextLengthError,
                    FileNotFoundError, FileExistsError)
-    if args.command == "train":
+    if args.command in ("train", "quickstart"):
         from .recipes.nano_data import DataSourceError
 
         user_errors += (ValueError, DataSourceError)  # recipe settings and data problems
