@@ -20,8 +20,12 @@ LLM_CACHE_NAME = "smollm2-135m-instruct"
 
 
 def recipe() -> Recipe:
-    common = dict(tokens_per_batch=2048, max_samples_per_batch=64, max_length=256, max_tiles=1, warmup_steps=5,
-                  save_every=25, weight_decay=0.0)
+    common = dict(tokens_per_batch=2048, max_length=256, max_tiles=1, save_every=25, weight_decay=0.0)
+    # Stages II and III run the whole frozen LLM forward and backward: about 0.1 s a caption and
+    # 0.25 s a conversation on 2 CPU cores. Small batches buy more updates for the same samples
+    # (measured, 1,920 captions and 1,920 conversations: 42% "What is this?" accuracy at 64 a
+    # batch, 63% at 16); a learning rate of 2e-3 did no better than 1e-3.
+    sequence = dict(max_samples_per_batch=8, lr=1e-3, warmup_steps=10, **common)
     return Recipe(
         name="nano",
         teacher="efficientnet-lite0",
@@ -33,9 +37,14 @@ def recipe() -> Recipe:
         downsample_ratio=0.5,
         init="random",
         system_message="",
-        distill=StageConfig(max_steps=60, lr=1e-3, text_length=16, uniform_text_fraction=0.5, **common),
-        align=StageConfig(max_steps=12, lr=1e-3, **common),
-        instruct=StageConfig(max_steps=12, lr=1e-3, freeze=("llm",), **common),
+        # Stage I needs no LLM pass: 64 images and text spans a step in under a second. It pays:
+        # 60 steps lifted "What is this?" accuracy from 56% to 64% at equal stage II and III.
+        distill=StageConfig(max_steps=200, lr=1e-3, warmup_steps=5, max_samples_per_batch=64, text_length=16,
+                            uniform_text_fraction=0.5, **common),
+        align=StageConfig(max_steps=400, **sequence),
+        # The LLM stays frozen in stage III as well (the paper trains it): its weight gradients and
+        # optimizer state would cost half as much again a step on a CPU.
+        instruct=StageConfig(max_steps=200, freeze=("llm",), **sequence),
     )
 
 
