@@ -264,8 +264,7 @@ def test_quickstart_end_to_end_on_a_tiny_recipe(tmp_path, capsys):
     data.text_heldout.write_text("\n".join(PASSAGES) + "\n")
     out = tmp_path / "quick"
     results = run_quickstart(out, eval_images=3, ablation=True, progress=False, recipe=recipe, data=data,
-                             cosine_samples=3,
-                             eval_batch_size=4)
+                             cosine_samples=3, eval_batch_size=4)
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == list(METRIC_KEYS) and metrics == json.loads(json.dumps(results["metrics"]))

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import __version__
+from .training.config import STAGES
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -141,7 +142,7 @@ def _chat(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .recipes import get_recipe, prepare_recipe
     from .training import distributed as dist
-    from .training.config import STAGES, apply_overrides, recipe_fields
+    from .training.config import apply_overrides, recipe_fields
     from .training.pipeline import run_training
 
     recipe = apply_overrides(get_recipe(args.recipe), args.set or [])
@@ -217,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train with a named recipe. Multi-GPU: torchrun --nproc-per-node N -m hovle train ...",
     )
     train.add_argument("--recipe", default="nano", help="recipe name: nano (default) or hovle-2b")
-    train.add_argument("--stage", default="all", choices=("distill", "align", "instruct", "all"),
+    train.add_argument("--stage", default="all", choices=(*STAGES, "all"),
                        help="which stage to run (default: all, in order)")
     train.add_argument("--out", help="run folder (checkpoints, metrics.jsonl, tensorboard/, <stage>/model)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -235,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "held-out images and text, and writes report.md, metrics.json and plots to --out.",
     )
     quickstart.add_argument("--out", help="run folder (default: runs/quickstart-<date>-<time>)")
-    quickstart.add_argument("--skip", action="append", choices=("distill", "align", "instruct"),
+    quickstart.add_argument("--skip", action="append", choices=STAGES,
                             help="leave a stage out (repeatable); --skip distill is the paper's ablation")
     quickstart.add_argument("--ablation", action="store_true",
                             help="also train the same recipe without stage I and compare (twice the training time)")
