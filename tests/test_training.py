@@ -26,6 +26,8 @@ from hovle.training.data import (
     DataStream,
     DistillData,
     SkipCounter,
+    SkipSample,
+    TrainingData,
     collate,
     load_plan,
 )
@@ -204,6 +206,58 @@ def test_stream_respects_the_budget_covers_each_epoch_and_resumes_exactly(built)
     c.load_state_dict(json.loads(json.dumps(b.state_dict())))
     assert [c.next_plan() for _ in range(13)] == plans[7:]
     assert DataStream(data, 35, 8, seed=5).next_plan() != plans[0]
+
+
+class _Lengths(TrainingData):
+    """Samples that only have a length; the indices in ``bad`` fail to load."""
+
+    def __init__(self, lengths, bad=()):
+        self.lengths, self.bad = lengths, set(bad)
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def length(self, index):
+        if index in self.bad:
+            raise SkipSample("malformed_record", f"record {index}")
+        return self.lengths[index]
+
+
+def _padding(data, plans):
+    rows = [[data.lengths[i] for i in plan] for plan in plans]
+    return 1 - sum(map(sum, rows)) / sum(max(r) * len(r) for r in rows)
+
+
+def test_grouped_stream_pads_little_keeps_batches_in_groups_and_resumes():
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 60, (1100,), generator=generator).tolist()
+    bad = {3, 100, 101, 102, 700}
+    data = _Lengths(lengths, bad)
+
+    def one_epoch(grouped):
+        stream = DataStream(data, tokens_per_batch=10_000, max_samples=4, seed=1, group_by_length=grouped)
+        plans = []
+        while stream.epoch == 0:
+            plans.append(stream.next_plan())
+            if stream.cursor == len(data):
+                break
+        return stream, plans
+
+    stream, plans = one_epoch(True)
+    assert sorted(i for plan in plans for i in plan) == sorted(set(range(1100)) - bad)
+    position = {int(index): p for p, index in enumerate(stream._order)}
+    assert all(len({position[i] // 4 for i in plan}) == 1 for plan in plans)  # never across two groups
+    assert _padding(data, plans) < 0.05 < _padding(data, one_epoch(False)[1])
+    longest = [max(lengths[i] for i in plan) for plan in plans[:64]]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)  # batches are shuffled
+
+    a = DataStream(data, 10_000, 4, seed=1, group_by_length=True)
+    expected = [a.next_plan() for _ in range(400)]  # into the second epoch
+    b = DataStream(data, 10_000, 4, seed=1, group_by_length=True)
+    [b.next_plan() for _ in range(150)]
+    c = DataStream(data, 10_000, 4, seed=1, group_by_length=True)
+    c.load_state_dict(json.loads(json.dumps(b.state_dict())))
+    assert [c.next_plan() for _ in range(250)] == expected[150:]
 
 
 def test_distill_text_samples_are_deterministic_and_avoid_special_tokens(built):

@@ -34,6 +34,7 @@ class StageConfig:
     grad_accum: int = 1  # micro-batches per process per optimizer step
     tokens_per_batch: int = 4096  # padded tokens in one micro-batch
     max_samples_per_batch: int = 64
+    group_by_length: bool = False  # batch samples of similar length together: less padding
     max_length: int = 2048  # longer samples are skipped (counted as too_long)
     clip_grad_norm: float = 1.0  # 0 disables clipping
     gradient_checkpointing: bool = False

@@ -534,15 +534,24 @@ class DataStream:
     ``max_samples``; a sample longer than the budget (but within the dataset's max length) gets a
     micro-batch of its own. Plans depend only on lengths, so every process of a distributed run
     computes the same ones and loads only its own.
+
+    With ``group_by_length`` the permutation is cut into windows of ``GROUP_WINDOW`` batches;
+    each window is sorted by length, cut into groups of ``max_samples``, and its full groups are
+    shuffled. A micro-batch never spans two groups, so its rows have similar lengths and little
+    padding, while the order of batches stays random.
     """
 
-    def __init__(self, dataset: TrainingData, tokens_per_batch: int, max_samples: int = 256, seed: int = 0):
+    GROUP_WINDOW = 64  # batches per sorting window
+
+    def __init__(self, dataset: TrainingData, tokens_per_batch: int, max_samples: int = 256, seed: int = 0,
+                 group_by_length: bool = False):
         if len(dataset) == 0:
             raise ValueError("the dataset is empty")
         self.dataset = dataset
         self.tokens_per_batch = tokens_per_batch
         self.max_samples = max_samples
         self.seed = seed
+        self.group_by_length = group_by_length
         self.epoch = 0
         self.cursor = 0
         self.skips = SkipCounter()  # found while planning: the same on every process
@@ -553,7 +562,30 @@ class DataStream:
         if self._order is None:
             generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
             self._order = torch.randperm(len(self.dataset), generator=generator)
+            if self.group_by_length:
+                self._order = self._grouped(self._order, generator)
         return self._order
+
+    def _sort_length(self, index: int) -> int:
+        try:
+            return self.dataset.length(index)
+        except SkipSample as skip:
+            self.skips.add(index, skip)  # next_plan passes over it
+            return 0
+
+    def _grouped(self, order: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        size = self.max_samples
+        window = self.GROUP_WINDOW * size
+        pieces = []
+        for start in range(0, len(order), window):
+            chunk = order[start : start + window]
+            lengths = torch.tensor([self._sort_length(int(i)) for i in chunk])
+            chunk = chunk[torch.sort(lengths, stable=True).indices]
+            full = len(chunk) // size
+            shuffled = torch.randperm(full, generator=generator)
+            pieces += [chunk[g * size : (g + 1) * size] for g in shuffled.tolist()]
+            pieces.append(chunk[full * size :])  # a short last group stays last: groups start at multiples of size
+        return torch.cat(pieces)
 
     def next_plan(self) -> list[int]:
         plan: list[int] = []
@@ -569,6 +601,8 @@ class DataStream:
                                      f"e.g. {example}")
                 self.epoch, self.cursor, self._order, self._usable = self.epoch + 1, 0, None, False
                 continue
+            if plan and self.group_by_length and self.cursor % self.max_samples == 0:
+                return plan  # the next group starts here
             index = int(order[self.cursor])
             if index in self.skips:
                 self.cursor += 1

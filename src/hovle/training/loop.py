@@ -267,7 +267,8 @@ def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: b
     tokens_per_tile = model.config.tokens_per_tile
     model.set_gradient_checkpointing(config.gradient_checkpointing)
 
-    stream = DataStream(run.data, config.tokens_per_batch, config.max_samples_per_batch, seed=run.seed)
+    stream = DataStream(run.data, config.tokens_per_batch, config.max_samples_per_batch, seed=run.seed,
+                        group_by_length=config.group_by_length)
     load_skips = SkipCounter()
     start_step = 0
     resume_state = None
