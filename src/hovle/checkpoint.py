@@ -8,9 +8,12 @@ Only safetensors are read: nothing is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -330,7 +333,8 @@ def _expected_llm_shapes(llm: LLMConfig) -> dict[str, tuple]:
     return {k: tuple(t.shape) for k, t in llm_to_file_names(model.state_dict(), llm).items()}
 
 
-def load_llm(path: str | Path, dtype=None, gguf_file: str | Path | None = None) -> tuple[LLMConfig, dict[str, torch.Tensor]]:
+def load_llm(path: str | Path, dtype=None, gguf_file: str | Path | None = None,
+             progress: bool = True) -> tuple[LLMConfig, dict[str, torch.Tensor]]:
     """An LLM from a local folder in transformers layout: its ``LLMConfig`` and its state dict in the
     internal names of ``hovle.model.language.LanguageModel`` (``model.layers.0.attention.wqkv.weight``,
     ``output.weight`` ...).
@@ -340,13 +344,15 @@ def load_llm(path: str | Path, dtype=None, gguf_file: str | Path | None = None) 
     tensor raises ``CheckpointError`` naming it (a tied model may or may not store ``lm_head``).
     With ``gguf_file`` (a file name inside the folder or a path to a ``.gguf`` file), or when
     ``path`` is itself a ``.gguf`` file, the LLM is read (and dequantised) by transformers and
-    ``gguf``. ``dtype`` defaults to the stored one (float32 for GGUF).
+    ``gguf``; ``progress=False`` hides the progress bars transformers draws meanwhile. ``dtype``
+    defaults to the stored one (float32 for GGUF).
     """
     path = Path(path)
     if gguf_file is None and path.is_file() and path.suffix.lower() == ".gguf":
         path, gguf_file = path.parent, path.name
     if gguf_file is not None:
-        return _load_gguf_llm(path, gguf_file, resolve_dtype(dtype))
+        with contextlib.nullcontext() if progress else _without_progress_bars():
+            return _load_gguf_llm(path, gguf_file, resolve_dtype(dtype))
     if not path.is_dir():
         raise FileNotFoundError(f"LLM folder {path} does not exist (hovle loads local folders only)")
     dtype = resolve_dtype(dtype)
@@ -403,6 +409,21 @@ def import_gguf_support():
     import transformers
 
     return transformers
+
+
+@contextlib.contextmanager
+def _without_progress_bars():
+    """Hold back what is written to stderr meanwhile, then pass on all but progress bars
+    (transformers' GGUF reader draws tqdm bars that no library switch turns off)."""
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+    finally:
+        lines = held.getvalue().replace("\r", "\n").splitlines()
+        kept = [line for line in lines if line.strip() and "%|" not in line]
+        if kept:
+            print("\n".join(kept), file=sys.stderr)
 
 
 def _load_gguf_llm(folder: Path, gguf_file, dtype) -> tuple[LLMConfig, dict[str, torch.Tensor]]:

@@ -10,10 +10,7 @@ evaluates and reports it in about 17 minutes on 2 CPU cores (figures in the READ
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import sys
 from pathlib import Path
 
 from ..cache import cache_root
@@ -69,11 +66,9 @@ def smollm2_folder(cache_dir: str | Path | None = None, progress: bool = True) -
         return folder
     gguf = find_smollm2_gguf()
     print(f"converting {gguf.name} to a safetensors folder in {folder} (once) ...", flush=True)
-    with contextlib.nullcontext() if progress else _without_progress_bars():
-        config, state = load_llm(gguf)
-        tokenizer = load_llm_tokenizer(gguf)
+    config, state = load_llm(gguf, progress=progress)
     tmp = folder.with_name(folder.name + ".partial")
-    tokenizer.save(tmp)
+    load_llm_tokenizer(gguf).save(tmp)
     save_llm(config, state, tmp)
     if folder.exists():
         import shutil
@@ -81,22 +76,6 @@ def smollm2_folder(cache_dir: str | Path | None = None, progress: bool = True) -
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
-
-
-@contextlib.contextmanager
-def _without_progress_bars():
-    """Hold back what is written to stderr meanwhile, then pass on all but progress bars.
-
-    transformers' GGUF reader draws tqdm bars that no library switch turns off."""
-    held = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(held):
-            yield
-    finally:
-        lines = held.getvalue().replace("\r", "\n").splitlines()
-        kept = [line for line in lines if line.strip() and "%|" not in line]
-        if kept:
-            print("\n".join(kept), file=sys.stderr)
 
 
 def prepare(recipe: Recipe, data_dir: str | Path | None = None, train_images: int = 10000,
