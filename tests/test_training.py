@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +20,7 @@ from safetensors.torch import load_file
 from hovle import HoVLEModel, HoVLEProcessor
 from hovle.cli import main as cli_main
 from hovle.model.hovle import IGNORE_INDEX
+from hovle.processing.processor import REPLY_PREFIX_KEY
 from hovle.processing.tokenizer import load_tokenizer
 from hovle.training.config import STAGES, Recipe, StageConfig, apply_overrides
 from hovle.training.data import (
@@ -125,7 +128,8 @@ def built(tmp_path_factory):
     return model, tokenizer, recipe
 
 
-def test_conversation_prompt_is_the_inference_prompt_and_labels_are_the_answers(built, tmp_path):
+@pytest.mark.parametrize("reply_prefix", ["", " "])
+def test_conversation_prompt_is_the_inference_prompt_and_labels_are_the_answers(built, tmp_path, reply_prefix):
     model, tokenizer, recipe = built
     image = Path(recipe.instruct.data).parent / "images" / "red-0.png"
     record = {"image": str(image), "conversations": [
@@ -133,24 +137,32 @@ def test_conversation_prompt_is_the_inference_prompt_and_labels_are_the_answers(
         {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "yes, red"}]}
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps(record) + "\n")
-    data = ConversationData(path, tokenizer, model.config, 512, system_message="Be brief.", max_tiles=2)
+    data = ConversationData(path, tokenizer, model.config, 512, system_message="Be brief.", max_tiles=2,
+                            reply_prefix=reply_prefix)
     example = data.example(0)
     ids, labels = example.input_ids.tolist(), example.labels.tolist()
     end = tokenizer.token_to_id("<|im_end|>")
 
-    # The tokens before the first answer are exactly what the processor builds at inference.
-    processor = HoVLEProcessor(model.config, tokenizer, system_message="Be brief.")
+    # The tokens before each answer are exactly what the processor builds at inference, the
+    # first answer given back as history for the second.
+    config = copy.deepcopy(model.config)
+    config.extra[REPLY_PREFIX_KEY] = reply_prefix
+    processor = HoVLEProcessor(config, tokenizer, system_message="Be brief.")
     inputs = processor("What colour is this?", [str(image)], max_tiles=2)
     prompt = inputs.input_ids[0].tolist()
     assert ids[: len(prompt)] == prompt
     assert all(label == IGNORE_INDEX for label in labels[: len(prompt)])
     assert torch.equal(example.pixel_values, inputs.pixel_values)
+    follow_up = processor("Sure?", [str(image)], history=[("<image>\nWhat colour is this?", "red")], max_tiles=2)
+    prompt = follow_up.input_ids[0].tolist()
+    assert ids[: len(prompt)] == prompt
+    assert labels[len(prompt)] != IGNORE_INDEX and labels[len(prompt) - 1] == IGNORE_INDEX
 
-    # Labels cover the answers and their end-of-turn tokens, nothing else.
+    # Labels cover the answers (after the prefix) and their end-of-turn tokens, nothing else.
     answers = [i for i, label in zip(ids, labels) if label != IGNORE_INDEX]
     assert answers.count(end) == 2
     first, second = tokenizer.decode(answers[: answers.index(end)]), tokenizer.decode(answers[answers.index(end) + 1:-1])
-    assert (first.strip(), second.strip()) == ("red", "yes, red")
+    assert (first, second) == (reply_prefix + "red", reply_prefix + "yes, red")
     assert [label for label in labels if label != IGNORE_INDEX] == answers
 
 
@@ -386,7 +398,7 @@ def test_align_keeps_the_llm_frozen_and_trains_the_module(tmp_path):
 
 
 def test_full_run_writes_chat_ready_folders_metrics_tensorboard_and_skip_report(tmp_path, capsys):
-    recipe = tiny_recipe(tmp_path, steps=2)
+    recipe = dataclasses.replace(tiny_recipe(tmp_path, steps=2), reply_prefix=" ")
     summaries = quiet(recipe, tmp_path / "run", tensorboard=True)
     run = tmp_path / "run"
     records = metrics(run)
@@ -404,7 +416,7 @@ def test_full_run_writes_chat_ready_folders_metrics_tensorboard_and_skip_report(
     folder = run / "instruct" / "model"
     model = HoVLEModel.from_pretrained(folder)
     processor = HoVLEProcessor.from_pretrained(folder)
-    assert processor.system_message == recipe.system_message
+    assert (processor.system_message, processor.reply_prefix) == (recipe.system_message, " ")
     answer = model.chat(processor, processor.process_images([str(tmp_path / "data/images/red-0.png")])[0],
                         "<image>\nWhat colour is this?", {"max_new_tokens": 3})
     assert isinstance(answer, str)

@@ -14,8 +14,10 @@ from .prompts import DEFAULT_SYSTEM_MESSAGE, IMG_CONTEXT_TOKEN, get_template, re
 from .tokenizer import TokenizerError, load_tokenizer
 
 
-# config.json key holding the system message a model was trained with (absent: the released one).
+# config.json keys holding the system message and the reply prefix a model was trained with
+# (absent: the released model's, InternVL's system message and no prefix).
 SYSTEM_MESSAGE_KEY = "system_message"
+REPLY_PREFIX_KEY = "reply_prefix"
 
 
 class ContextLengthError(ValueError):
@@ -53,6 +55,7 @@ class HoVLEProcessor:
         if system_message is None:
             system_message = config.extra.get(SYSTEM_MESSAGE_KEY, DEFAULT_SYSTEM_MESSAGE)
         self.system_message = system_message
+        self.reply_prefix = config.extra.get(REPLY_PREFIX_KEY, "")
         self.template = get_template(config.template)
         if tokenizer is not None:
             context_id = tokenizer.token_to_id(IMG_CONTEXT_TOKEN)
@@ -126,6 +129,7 @@ class HoVLEProcessor:
             system_message=self.system_message if system_message is None else system_message,
             template=self.template,
             tokens_per_tile=self.tokens_per_tile,
+            reply_prefix=self.reply_prefix,
         )
 
     # ------------------------------------------------------------------ tokens

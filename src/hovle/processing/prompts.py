@@ -33,15 +33,16 @@ class ChatTemplate:
     assistant: str
     end_of_turn: str
 
-    def render(self, turns: Sequence[tuple[str, str | None]], system_message: str) -> str:
+    def render(self, turns: Sequence[tuple[str, str | None]], system_message: str, reply_prefix: str = "") -> str:
         """``turns`` are (question, answer) pairs; an answer of None (or "") opens the assistant turn.
 
-        An empty message leaves its role open, as the released (MPT-style) template does.
+        An empty message leaves its role open, as the released (MPT-style) template does. Answers
+        are written after ``reply_prefix`` (see ``Recipe.reply_prefix``).
         """
         out = self.system.format(system_message=system_message) + self.end_of_turn
         for question, answer in turns:
-            for role, message in ((self.user, question), (self.assistant, answer)):
-                out += role + message + self.end_of_turn if message else role
+            out += self.user + question + self.end_of_turn if question else self.user
+            out += self.assistant + reply_prefix + answer + self.end_of_turn if answer else self.assistant
         return out
 
 
@@ -74,6 +75,7 @@ def render_prompt(
     system_message: str = DEFAULT_SYSTEM_MESSAGE,
     template: str | ChatTemplate = "internlm2-chat",
     tokens_per_tile: int = 256,
+    reply_prefix: str = "",
 ) -> str:
     """The exact prompt string that is tokenized, image placeholders expanded.
 
@@ -87,7 +89,7 @@ def render_prompt(
     question = with_image_placeholders(question, history, len(num_patches_list))
     _check_no_image_tokens([text for turn in history for text in turn] + [question])
     _check_placeholders([q for q, _ in history] + [question], len(num_patches_list))
-    prompt = template.render([*history, (question, None)], system_message)
+    prompt = template.render([*history, (question, None)], system_message, reply_prefix)
     for tiles in num_patches_list:
         prompt = prompt.replace(IMAGE_PLACEHOLDER, image_tokens(tiles, tokens_per_tile), 1)
     return prompt

@@ -66,6 +66,9 @@ class Recipe:
     pixel_shuffle_loc: str = "pre"
     init: str = "random"  # embedding layers start random (distils better, docs/training.md) or "copy"
     system_message: str = "You are a helpful assistant."
+    # Text every assistant reply starts with in training and in the chat history. A space makes a
+    # byte-level BPE spell a one-word answer as it does inside a sentence (" dress", not "d" "ress").
+    reply_prefix: str = ""
     seed: int = 0
     device: str = ""  # "" picks cuda when available, else cpu
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU

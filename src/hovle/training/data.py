@@ -436,9 +436,11 @@ class ConversationData(_RecordData):
 
     ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
-    def __init__(self, path, tokenizer, config, max_length, system_message: str, image_root=None, max_tiles=None):
+    def __init__(self, path, tokenizer, config, max_length, system_message: str, image_root=None, max_tiles=None,
+                 reply_prefix: str = ""):
         super().__init__(path, tokenizer, config, max_length, image_root, max_tiles)
         self.system_message = system_message
+        self.reply_prefix = reply_prefix
 
     def _turns(self, index: int, record: dict) -> list[tuple[str, str]]:
         turns = record.get("conversations")
@@ -483,7 +485,7 @@ class ConversationData(_RecordData):
             piece = self.tokens.encode(context, first=not ids)
             ids += piece
             labels += [IGNORE_INDEX] * len(piece)
-            reply = self.tokens.encode(answer.strip(), first=False) + [self.tokens.end_of_turn_id]
+            reply = self.tokens.encode(self.reply_prefix + answer.strip(), first=False) + [self.tokens.end_of_turn_id]
             ids += reply
             labels += reply
             context = ""

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..model.hovle import HoVLEModel
-from ..processing.processor import SYSTEM_MESSAGE_KEY
+from ..processing.processor import REPLY_PREFIX_KEY, SYSTEM_MESSAGE_KEY
 from ..processing.tokenizer import load_tokenizer
 from . import distributed as dist
 from .build import build_model
@@ -91,12 +91,14 @@ def stage_data(recipe: Recipe, stage: str, tokenizer, config):
     if stage == "align":
         return CaptionData(settings.data, tokenizer, config, settings.max_length, root, settings.max_tiles)
     return ConversationData(settings.data, tokenizer, config, settings.max_length, recipe.system_message,
-                            root, settings.max_tiles)
+                            root, settings.max_tiles, recipe.reply_prefix)
 
 
-def save_stage_model(state: dict, config, tokenizer, folder: Path, system_message: str) -> Path:
-    """Write a stage's model as a HoVLE folder: built aside, then renamed into place."""
-    config.extra[SYSTEM_MESSAGE_KEY] = system_message
+def save_stage_model(state: dict, config, tokenizer, folder: Path, recipe: Recipe) -> Path:
+    """Write a stage's model as a HoVLE folder: built aside, then renamed into place. The chat
+    settings it was trained with go into its config, where the processor finds them."""
+    config.extra[SYSTEM_MESSAGE_KEY] = recipe.system_message
+    config.extra[REPLY_PREFIX_KEY] = recipe.reply_prefix
     with torch.device("meta"):
         model = HoVLEModel(config)
     model.load_state_dict(state, strict=True, assign=True)
@@ -171,7 +173,7 @@ def run_training(
         if env.is_main:
             if result.head_state:
                 save_file(result.head_state, str(stage_dir / HEAD_FILE))
-            save_stage_model(result.model_state, model.config, tokenizer, final, recipe.system_message)
+            save_stage_model(result.model_state, model.config, tokenizer, final, recipe)
             result.summary["model"] = str(final)
             (stage_dir / "summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")
             extra = ""
