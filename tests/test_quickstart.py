@@ -416,6 +416,7 @@ def test_nano_quickstart_end_to_end_shortened(tmp_path, monkeypatch, capsys):
     final = stage_model_dir(out / "run", "instruct")
     config = json.loads((final / "config.json").read_text())
     assert config["model_type"] == "internvl_chat" and config["llm_config"]["model_type"] == "llama"
+    assert HoVLEProcessor.from_pretrained(final).reply_prefix == " "  # trained answers follow a space
     assert results["recipe"]["llm"].startswith(str(tmp_path / "cache"))
     capsys.readouterr()
     assert cli_main(["info", str(final)]) == 0
