@@ -57,13 +57,13 @@ def test_multi_turn_history():
     )
 
 
-
 def test_reply_prefix_goes_before_each_answer_in_the_history():
     prompt = render_prompt("Colour?", history=[("Hi", "A cat.")], system_message="", reply_prefix=" ")
     assert prompt == (
         "<|im_start|>system\n<|im_end|><|im_start|>user\nHi<|im_end|><|im_start|>assistant\n A cat.<|im_end|>"
         "<|im_start|>user\nColour?<|im_end|><|im_start|>assistant\n"
     )
+
 
 def test_placeholder_is_added_only_without_history():
     first = render_prompt("Q", num_patches_list=[1], tokens_per_tile=1)
