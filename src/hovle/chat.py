@@ -80,7 +80,7 @@ def chat(
     )
     kwargs = generation_kwargs(generation_config, processor.end_of_turn_id)
     new = model.generate(input_ids, pixel_values, attention_mask, **kwargs)
-    answer = processor.answer_text(_until_end(new[0], kwargs["eos_token_id"]))
+    answer = processor.answer_text(until_end(new[0], kwargs["eos_token_id"]))
     if not return_history:
         return answer
     return answer, [*(history or []), (question, answer)]
@@ -113,10 +113,10 @@ def batch_chat(
     input_ids, attention_mask = processor.tokenize(prompts)
     kwargs = generation_kwargs(generation_config, processor.end_of_turn_id)
     new = model.generate(input_ids, pixel_values, attention_mask, **kwargs)
-    return [processor.answer_text(_until_end(row, kwargs["eos_token_id"])) for row in new]
+    return [processor.answer_text(until_end(row, kwargs["eos_token_id"])) for row in new]
 
 
-def _until_end(ids: torch.Tensor, end_ids: Sequence[int]) -> list[int]:
+def until_end(ids: torch.Tensor, end_ids: Sequence[int]) -> list[int]:
     """The answer's ids before its first end token (rows are padded after it)."""
     ids = ids.tolist()
     ends = [i for i, t in enumerate(ids) if t in end_ids]

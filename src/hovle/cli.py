@@ -183,6 +183,37 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .eval import BENCHMARKS, run_eval
+
+    if args.list_benchmarks:
+        for name, benchmark in sorted(BENCHMARKS.items()):
+            print(f"{name:<12}{benchmark.title}\n{'':<12}--data: {benchmark.data_help}")
+        return 0
+    missing = [flag for flag, value in (("MODEL_DIR", args.model_dir), ("--benchmark", args.benchmark),
+                                        ("--data", args.data), ("--out", args.out)) if value is None]
+    if missing:
+        print(f"hovle eval: error: {', '.join(missing)} required (--list-benchmarks shows the benchmarks)",
+              file=sys.stderr)
+        return 2
+    metrics = run_eval(args.model_dir, args.benchmark, args.data, args.out, images=args.images,
+                       batch_size=args.batch_size, limit=args.limit, max_tiles=args.max_tiles,
+                       max_new_tokens=args.max_new_tokens, prompt=args.prompt, system_message=args.system,
+                       resume=args.resume, dtype=args.dtype, device=args.device, progress=not args.no_progress)
+    if metrics is not None:
+        print(json.dumps(metrics, indent=2, ensure_ascii=False))
+        print(f"wrote {args.out}/predictions.jsonl, metrics.json, report.md, settings.json", file=sys.stderr)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from .eval import score_answers
+
+    metrics = score_answers(args.benchmark, args.data, args.predictions, images=args.images, out=args.out)
+    print(json.dumps(metrics, indent=2, ensure_ascii=False))
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -250,6 +281,42 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_argument("--resume", action="store_true", help="continue an interrupted quickstart in --out")
     quickstart.add_argument("--no-progress", action="store_true", help="no progress bars")
     quickstart.set_defaults(run=_quickstart)
+    evaluate = commands.add_parser(
+        "eval", help="answer a benchmark's questions and score them by its official rules",
+        description="Answers are greedy and batched (the same at any batch size); under torchrun "
+                    "(torchrun --nproc-per-node N -m hovle eval ...) the questions are split across processes. "
+                    "Writes predictions.jsonl, metrics.json, report.md and settings.json to --out.",
+    )
+    evaluate.add_argument("model_dir", nargs="?", help="a local folder in the released HoVLE layout")
+    evaluate.add_argument("--benchmark", help="benchmark name (--list-benchmarks shows them and their data)")
+    evaluate.add_argument("--data", help="the benchmark's files, in the layout it is distributed in")
+    evaluate.add_argument("--images", help="folder the data's image names are relative to (default: per benchmark)")
+    evaluate.add_argument("--out", help="result folder")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=8, help="questions answered together (default: 8)")
+    evaluate.add_argument("--limit", type=_positive_int, help="only the first N questions")
+    evaluate.add_argument("--max-tiles", type=_positive_int, help="most tiles per image (default: the config's)")
+    evaluate.add_argument("--max-new-tokens", type=_positive_int, help="answer length limit (default: per benchmark)")
+    evaluate.add_argument("--prompt", help="prompt template with a {question} field (default: per benchmark)")
+    evaluate.add_argument("--system", help="system message (default: the model's)")
+    evaluate.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
+    evaluate.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                          help="default: bfloat16 on CUDA, float32 on CPU")
+    evaluate.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--list-benchmarks", action="store_true", help="list the benchmarks and the data each reads")
+    evaluate.set_defaults(run=_eval)
+
+    score = commands.add_parser(
+        "score", help="score answers made elsewhere by a benchmark's official rules",
+        description="Reads a JSONL file of {\"question_id\": ..., \"text\": ...} rows (LLaVA's answer files; MMBench "
+                    "rows by \"index\"), or for MME the official tool's result folder, and prints the metrics.",
+    )
+    score.add_argument("--benchmark", required=True, help="benchmark name (hovle eval --list-benchmarks)")
+    score.add_argument("--data", help="the benchmark's files (optional for an MME result folder)")
+    score.add_argument("--images", help="folder the data's image names are relative to")
+    score.add_argument("--predictions", required=True, help="the answers: a JSONL file (or MME's result folder)")
+    score.add_argument("--out", help="also write predictions.jsonl, metrics.json and report.md here")
+    score.set_defaults(run=_score)
     return parser
 
 
@@ -272,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
 
     user_errors = (CheckpointError, ConfigError, ImageError, PromptError, TokenizerError, ContextLengthError,
                    FileNotFoundError, FileExistsError)
+    from .eval import EvalDataError, ResumeError
+
+    user_errors += (EvalDataError, ResumeError)
     if args.command in ("train", "quickstart"):
         from .recipes.nano_data import DataSourceError
 

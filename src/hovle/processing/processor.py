@@ -136,9 +136,16 @@ class HoVLEProcessor:
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids and mask for already rendered prompts; checks the context length."""
-        rows = [self.tokenizer.encode(p) for p in prompts]
-        for row in rows:
-            self._check_length(row)
+        return self.pad([self.encode_prompt(p) for p in prompts])
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """The ids of one rendered prompt; raises ``ContextLengthError`` when it does not fit."""
+        ids = self.tokenizer.encode(prompt)
+        self._check_length(ids)
+        return ids
+
+    def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids and attention mask of encoded prompts, as generation expects them."""
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         width = max(len(r) for r in rows)
