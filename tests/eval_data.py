@@ -165,3 +165,29 @@ def generic_jsonl(root: Path, images: int = 6) -> Path:
             row["category"] = "open"
         rows.append(row)
     return write_jsonl(folder / "questions.jsonl", rows)
+
+
+def answering_model(path: Path, mode: str = "pre", seed: int = 5) -> Path:
+    """A tiny random HoVLE folder (real SentencePiece tokenizer and chat template) whose greedy
+    answers differ from image to image and question to question, some ending early."""
+    import torch
+
+    from hovle import HoVLEModel
+    from hovle.processing.tokenizer import load_tokenizer
+
+    from .conftest import tiny_config
+    from .tokenizer_folder import make_tokenizer_folder
+
+    make_tokenizer_folder(path)
+    tokenizer = load_tokenizer(path)
+    config = tiny_config(mode=mode, vocab=tokenizer.vocab_size, img_context=tokenizer.token_to_id("<IMG_CONTEXT>"))
+    model = HoVLEModel(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        # Weights larger than a trained model's make the output depend strongly on the input.
+        for name, weight in model.named_parameters():
+            noise = torch.randn(weight.shape, generator=generator)
+            weight.copy_(1 + 0.1 * noise if name.endswith("norm.weight") else 0.15 * noise)
+        model.language_model.output.weight[tokenizer.token_to_id("<|im_end|>")] *= 3
+    model.save_pretrained(path)
+    return path

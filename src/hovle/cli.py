@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -200,7 +201,7 @@ def _eval(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, limit=args.limit, max_tiles=args.max_tiles,
                        max_new_tokens=args.max_new_tokens, prompt=args.prompt, system_message=args.system,
                        resume=args.resume, dtype=args.dtype, device=args.device, progress=not args.no_progress)
-    if metrics is not None:
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 speaks for all
         print(json.dumps(metrics, indent=2, ensure_ascii=False))
         print(f"wrote {args.out}/predictions.jsonl, metrics.json, report.md, settings.json", file=sys.stderr)
     return 0

@@ -109,16 +109,17 @@ class BEAF(Benchmark):
             else:
                 identity_total += 1
                 identity_changed += first[0] != after[0]
-        shares = {name: percent(count / pairs) if pairs else None for name, count in changes.items()}
-        identity = percent(identity_changed / identity_total) if identity_total else None
+        shares = {name: count / pairs if pairs else None for name, count in changes.items()}
+        identity = identity_changed / identity_total if identity_total else None
         tu = shares["TU"]
         f1_tuid = None
-        if tu is not None and identity is not None and tu + 100 - identity > 0:
-            f1_tuid = round(2 * tu * (100 - identity) / (tu + 100 - identity), 2)
+        if tu is not None and identity is not None and tu + 1 - identity > 0:
+            # From the unrounded shares, as beaf_metric.py computes it.
+            f1_tuid = percent(2 * tu * (1 - identity) / (tu + 1 - identity))
         overall = binary_metrics([("yes" if outcome[r["key"]] in ("TP", "FP") else "no", r["ground_truth"])
                                   for r in rows])
         return {
-            "f1_tuid": f1_tuid, "TU": tu, "IG": shares["IG"], "SB+": shares["SB+"], "SB-": shares["SB-"], "ID": identity,
+            "f1_tuid": f1_tuid, **{name: percent(share) for name, share in shares.items()}, "ID": percent(identity),
             "removed_object_pairs": pairs, "other_questions_on_edits": identity_total,
             "accuracy": overall["accuracy"], "precision": overall["precision"], "recall": overall["recall"],
             "f1": overall["f1"], "yes_ratio": overall["yes_ratio"], "questions": len(rows),

@@ -99,21 +99,24 @@ class MME(Benchmark):
         for row in rows:
             images = by_task.setdefault(row["category"], {})
             images.setdefault(row["question_id"], []).append(bool(row["correct"]))
-        tasks = {}
+        tasks, scores = {}, {}
         for task in SUBTASKS:
             if task not in by_task:
                 continue
             marks = [m for image in by_task[task].values() for m in image]
-            accuracy = percent(sum(marks) / len(marks))
-            accuracy_plus = percent(sum(all(image) for image in by_task[task].values()) / len(by_task[task]))
-            tasks[task] = {"score": round(accuracy + accuracy_plus, 2), "accuracy": accuracy,
-                           "accuracy_plus": accuracy_plus, "questions": len(marks), "images": len(by_task[task])}
-        perception = round(sum((tasks[t]["score"] for t in PERCEPTION if t in tasks), 0.0), 2)
-        cognition = round(sum((tasks[t]["score"] for t in COGNITION if t in tasks), 0.0), 2)
+            accuracy = sum(marks) / len(marks)
+            accuracy_plus = sum(all(image) for image in by_task[task].values()) / len(by_task[task])
+            # Scores add the unrounded parts, as calculation.py does; only reported values are rounded.
+            scores[task] = 100 * accuracy + 100 * accuracy_plus
+            tasks[task] = {"score": round(scores[task], 2), "accuracy": percent(accuracy),
+                           "accuracy_plus": percent(accuracy_plus), "questions": len(marks),
+                           "images": len(by_task[task])}
+        perception = sum((scores[t] for t in PERCEPTION if t in scores), 0.0)
+        cognition = sum((scores[t] for t in COGNITION if t in scores), 0.0)
         return {
             "total": round(perception + cognition, 2),
-            "perception": perception,
-            "cognition": cognition,
+            "perception": round(perception, 2),
+            "cognition": round(cognition, 2),
             "questions": len(rows),
             "unparsed": sum(1 for r in rows if r["parsed"] == "other"),
             "missing_subtasks": [t for t in SUBTASKS if t not in tasks],

@@ -13,9 +13,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .core import Benchmark, EvalDataError, Question, Table, mean, percent, read_jsonl, register, resolve_image
+from .core import (Benchmark, EvalDataError, Question, Table, answers_by_key, id_text, mean, percent, read_jsonl,
+                   register, resolve_image)
 
 SPLITS = ("adversarial", "popular", "random")
+# LLaVA's merged question file (llava_pope_test.jsonl) numbers the k-th question of adversarial,
+# random and popular as k, 10,000,000 + k and 20,000,000 + k; its eval_pope.py pairs answers
+# with labels by position.
+LLAVA_SPLITS = ("adversarial", "random", "popular")
+LLAVA_STRIDE = 10_000_000
 _LABEL_FILE = re.compile(r"^(?P<source>.+)_pope_(?P<split>[a-z]+)\.jsonl?$")
 
 
@@ -26,24 +32,33 @@ def pope_answer(text: str) -> str:
     return "no" if any(w in ("No", "not", "no") for w in words) else "yes"
 
 
-def binary_metrics(pairs: list[tuple[str, str]]) -> dict:
-    """(prediction, truth) yes/no pairs -> accuracy, precision, recall, F1 (yes positive), yes-ratio."""
+def binary_rates(pairs: list[tuple[str, str]]) -> dict:
+    """(prediction, truth) yes/no pairs -> unrounded accuracy, precision, recall, F1 (yes positive),
+    yes-ratio (the share of predicted yes) and the four counts."""
     tp = sum(1 for p, t in pairs if p == "yes" and t == "yes")
     fp = sum(1 for p, t in pairs if p == "yes" and t == "no")
     tn = sum(1 for p, t in pairs if p == "no" and t == "no")
     fn = sum(1 for p, t in pairs if p == "no" and t == "yes")
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "accuracy": percent((tp + tn) / len(pairs)) if pairs else None,
-        "precision": percent(precision),
-        "recall": percent(recall),
-        "f1": percent(f1),
-        "yes_ratio": percent((tp + fp) / len(pairs)) if pairs else None,
+        "accuracy": (tp + tn) / len(pairs) if pairs else None,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "yes_ratio": (tp + fp) / len(pairs) if pairs else None,
         "questions": len(pairs),
         "tp": tp, "fp": fp, "tn": tn, "fn": fn,
     }
+
+
+RATES = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+
+
+def binary_metrics(pairs: list[tuple[str, str]]) -> dict:
+    """``binary_rates`` as reported: the rates x100, rounded to two decimals."""
+    rates = binary_rates(pairs)
+    return {k: percent(v) if k in RATES else v for k, v in rates.items()}
 
 
 def label_files(data: Path) -> list[tuple[str, Path]]:
@@ -105,17 +120,52 @@ class POPE(Benchmark):
         by_split: dict[str, list[tuple[str, str]]] = {}
         for row in rows:
             by_split.setdefault(row["category"], []).append((row["parsed"], row["ground_truth"]))
-        categories = {split: binary_metrics(pairs) for split, pairs in by_split.items()}
-        overall = binary_metrics([pair for pairs in by_split.values() for pair in pairs])
+        rates = {split: binary_rates(pairs) for split, pairs in by_split.items()}
+        overall = binary_rates([pair for pairs in by_split.values() for pair in pairs])
+        # The headline is the mean of the splits' unrounded F1s (InternVL's "Overall F1").
         return {
-            "f1": round(mean(c["f1"] for c in categories.values()), 2),
-            "accuracy": round(mean(c["accuracy"] for c in categories.values()), 2),
-            "yes_ratio": overall["yes_ratio"],
+            "f1": percent(mean(r["f1"] for r in rates.values())),
+            "accuracy": percent(mean(r["accuracy"] for r in rates.values())),
+            "yes_ratio": percent(overall["yes_ratio"]),
             "questions": len(rows),
-            "categories": categories,
+            "categories": {split: {k: percent(v) if k in RATES else v for k, v in r.items()}
+                           for split, r in rates.items()},
         }
 
     def tables(self, metrics: dict) -> list[Table]:
         names = ["accuracy", "precision", "recall", "f1", "yes_ratio", "questions"]
         rows = [[split, *(values[k] for k in names)] for split, values in metrics["categories"].items()]
         return [Table("By split", ["split", *names], rows)]
+
+    def read_predictions(self, path: Path, questions: list[Question] | None) -> tuple[dict[str, str], list[Question]]:
+        """Answer rows by question id and ``category`` (ids restart in each label file), or with
+        the ids of LLaVA's merged question file (no category needed)."""
+        if questions is None:
+            raise EvalDataError("scoring POPE answers needs the label files (--data)")
+        rows = read_jsonl(path)
+        if not any(_llava_id(r) for r in rows):
+            return answers_by_key(rows, questions), questions
+        by_split: dict[str, list[Question]] = {}
+        for question in questions:
+            by_split.setdefault(question.category, []).append(question)
+        answers: dict[str, str] = {}
+        for number, row in enumerate(rows, 1):
+            qid = int(id_text(row.get("question_id")))
+            split, position = LLAVA_SPLITS[min(qid // LLAVA_STRIDE, 2)], qid % LLAVA_STRIDE
+            in_split = by_split.get(split, [])
+            if not 1 <= position <= len(in_split):
+                raise EvalDataError(f"answer row {number}: LLaVA question id {qid} is question {position} of "
+                                    f"{split}, which has {len(in_split)} questions here")
+            key = in_split[position - 1].key
+            if key in answers:
+                raise EvalDataError(f"answer row {number}: a second answer to LLaVA question id {qid}")
+            answers[key] = str(row.get("text", ""))
+        return answers, questions
+
+
+def _llava_id(row: dict) -> bool:
+    """A row of LLaVA's merged numbering: no category, an id of the random or popular block."""
+    try:
+        return "category" not in row and int(id_text(row.get("question_id"))) >= LLAVA_STRIDE
+    except ValueError:
+        return False
