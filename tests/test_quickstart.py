@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from hovle.cli import main as cli_main
+from hovle.eval import run_eval
 from hovle.eval.nano import (
     answer_accuracy,
     distill_cosines,
@@ -32,6 +33,7 @@ from hovle.training.data import denormalize
 from hovle.training.pipeline import run_training, stage_model_dir
 from hovle.training.teachers import load_teacher, resample_grid
 
+from .eval_data import easy_vqa_folder
 from .training_setup import tiny_recipe
 
 COLOURS = ("red", "green", "blue")
@@ -423,3 +425,14 @@ def test_nano_quickstart_end_to_end_shortened(tmp_path, monkeypatch, capsys):
     assert "LlamaForCausalLM: 30 layers, hidden 576" in capsys.readouterr().out  # SmolLM2-135M
     image = read_eval_records(tmp_path / "cache" / "nano-data" / "eval.jsonl", ("what",), limit=1)[0]["path"]
     assert cli_main(["chat", str(final), "--image", image, "What is this?", "--max-new-tokens", "4"]) == 0
+
+    # The trained SmolLM2 model on a real VQA set, by `hovle eval`: one question at a time and
+    # twelve at once give the same answers.
+    easy_vqa = easy_vqa_folder()
+    one = run_eval(final, "easy-vqa", easy_vqa, tmp_path / "eval-1", batch_size=1, limit=12, max_tiles=1,
+                   progress=False)
+    twelve = run_eval(final, "easy-vqa", easy_vqa, tmp_path / "eval-12", batch_size=12, limit=12, max_tiles=1,
+                      progress=False)
+    answers = [json.loads(line) for line in (tmp_path / "eval-1" / "predictions.jsonl").read_text().splitlines()]
+    assert answers == [json.loads(line) for line in (tmp_path / "eval-12" / "predictions.jsonl").read_text().splitlines()]
+    assert one == twelve and one["questions"] == 12 and one["errors"] == 0

@@ -229,14 +229,24 @@ class ScienceQA(_MultipleChoice):
         root = images if images is not None else folder / "images" / "test"
         questions = []
         for pid in pids:
-            problem = problems[str(pid)]
+            problem = problems.get(str(pid))
+            if not isinstance(problem, dict):
+                raise EvalDataError(f"{folder}: test question {pid!r} of pid_splits.json is not in problems.json")
             if not problem.get("image"):
                 continue
-            options = {LETTERS[i]: str(c) for i, c in enumerate(problem["choices"])}
+            try:
+                options = {LETTERS[i]: str(c) for i, c in enumerate(problem["choices"])}
+                answer = int(problem["answer"])
+                text = options_text(problem["question"], options, problem.get("hint") or "")
+            except (KeyError, TypeError, ValueError, IndexError):
+                raise EvalDataError(f"{folder / 'problems.json'}: question {pid!r} lacks a question, its choices "
+                                    "or an answer index") from None
+            if not 0 <= answer < len(options):
+                raise EvalDataError(f"{folder / 'problems.json'}: question {pid!r} has answer {answer}, "
+                                    f"outside its {len(options)} choices")
             name = f"{pid}/{problem['image']}"
             questions.append(Question(
-                key=str(pid), id=str(pid), text=options_text(problem["question"], options, problem.get("hint") or ""),
-                answer=LETTERS[int(problem["answer"])], images=[resolve_image(root, name)],
+                key=str(pid), id=str(pid), text=text, answer=LETTERS[answer], images=[resolve_image(root, name)],
                 category=str(problem.get("subject", "")), image_label=name, info={"options": options},
             ))
         return questions
@@ -263,16 +273,21 @@ class SEEDBench(_MultipleChoice):
         names = {int(v): k for k, v in (content.get("question_type") or {}).items()}
         root = images if images is not None else data.parent / "SEED-Bench-image"
         questions = []
-        for row in content["questions"]:
-            kind = int(row["question_type_id"])
-            if kind not in SEED_IMAGE_TYPES or row.get("data_type", "image") != "image":
-                continue
-            options = {letter: str(row[f"choice_{letter.lower()}"]) for letter in "ABCD"}
-            questions.append(Question(
-                key=str(row["question_id"]), id=row["question_id"], text=options_text(row["question"], options),
-                answer=str(row["answer"]).strip(), images=[_seed_image(root, str(row["data_id"]))],
-                category=names.get(kind, str(kind)), image_label=str(row["data_id"]), info={"options": options},
-            ))
+        for number, row in enumerate(content["questions"]):
+            try:
+                kind = int(row["question_type_id"])
+                if kind not in SEED_IMAGE_TYPES or row.get("data_type", "image") != "image":
+                    continue
+                options = {letter: str(row[f"choice_{letter.lower()}"]) for letter in "ABCD"}
+                question = Question(
+                    key=str(row["question_id"]), id=row["question_id"], text=options_text(row["question"], options),
+                    answer=str(row["answer"]).strip(), images=[_seed_image(root, str(row["data_id"]))],
+                    category=names.get(kind, str(kind)), image_label=str(row["data_id"]), info={"options": options},
+                )
+            except (KeyError, TypeError, ValueError) as err:
+                where = row.get("question_id", f"number {number}") if isinstance(row, dict) else f"number {number}"
+                raise EvalDataError(f"{data}: question {where} lacks or garbles {err}") from None
+            questions.append(question)
         return questions
 
 
@@ -290,10 +305,14 @@ def _seed_image(root: Path, data_id: str) -> str:
 
 def _read_parquet(path: Path) -> list[dict]:
     try:
+        import pyarrow
         import pyarrow.parquet as pq
     except ImportError:
         raise EvalDataError("reading MMMU's parquet files needs pyarrow: pip install 'hovle[eval]'") from None
-    return pq.read_table(path).to_pylist()
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pyarrow.ArrowException, OSError) as err:
+        raise EvalDataError(f"{path} is not a readable parquet file: {err}") from None
 
 
 @register
@@ -314,13 +333,20 @@ class MMMU(_MultipleChoice):
         questions, self.open_questions = [], 0
         for path in files:
             for row in _read_parquet(path):
-                if row.get("question_type") != "multiple-choice":
+                kind = row.get("question_type")
+                if kind not in ("multiple-choice", "open"):
+                    raise EvalDataError(f"{path}: question {row.get('id')!r} has question_type {kind!r}, "
+                                        "not multiple-choice or open")
+                if kind == "open":
                     self.open_questions += 1
                     continue
                 try:
                     choices = ast.literal_eval(row["options"])
-                except (ValueError, SyntaxError):
-                    raise EvalDataError(f"{path}: question {row.get('id')!r} has unreadable options") from None
+                except (KeyError, ValueError, SyntaxError, TypeError):
+                    choices = None
+                if not isinstance(choices, list) or not 0 < len(choices) <= len(LETTERS):
+                    raise EvalDataError(f"{path}: question {row.get('id')!r} has unreadable options "
+                                        "(a Python list of strings is expected)")
                 options = {LETTERS[i]: str(c) for i, c in enumerate(choices)}
                 pictures = [row[f"image_{k}"]["bytes"] for k in range(1, 8) if row.get(f"image_{k}")]
                 subject = "_".join(str(row["id"]).split("_")[1:-1])

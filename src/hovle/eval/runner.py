@@ -59,36 +59,51 @@ class Answer:
 # ---------------------------------------------------------------------------------------------
 
 
+# Errors that cost one question (an unreadable image, a prompt that does not fit), not the run.
+QUESTION_ERRORS = (ImageError, ContextLengthError, PromptError)
+
+
+def encode_turn(processor: HoVLEProcessor, prompt: str, tiles: Sequence[int]) -> list[int]:
+    """The ids of a one-turn conversation asking ``prompt`` (``<image>`` placeholders expanded)."""
+    return processor.encode_prompt(processor.render_prompt(prompt, None, tiles))
+
+
 @torch.inference_mode()
+def generate_texts(model, processor: HoVLEProcessor, rows: Sequence[Sequence[int]], pixels: Sequence[torch.Tensor],
+                   max_new_tokens: int, **sampling) -> list[str]:
+    """Answers to encoded prompts (``encode_turn``), generated together: rows left-padded,
+    ``pixels`` the tiles of the rows' images in row order. Greedy unless ``sampling`` says
+    otherwise (``do_sample``, ``temperature``, ``top_p``, ``top_k``, ``generator``)."""
+    input_ids, attention_mask = processor.pad(rows)
+    pixel_values = torch.cat(list(pixels)).to(model.dtype) if pixels else None
+    end_ids = [processor.end_of_turn_id]
+    new = model.generate(input_ids, pixel_values, attention_mask, max_new_tokens=max_new_tokens,
+                         eos_token_id=end_ids, **sampling)
+    return [processor.answer_text(until_end(ids, end_ids)) for ids in new]
+
+
 def ask(model, processor: HoVLEProcessor, benchmark: Benchmark, questions: Sequence[Question],
         template: str | None, max_new_tokens: int, max_tiles: int | None = None) -> list[Answer]:
-    """Greedy answers to ``questions``, generated together (rows left-padded); ``template``
-    replaces the benchmark's prompt.
-
-    A question whose image cannot be read, or whose prompt does not fit the context, gets an
-    empty answer with its ``error`` instead of stopping the batch.
-    """
+    """Greedy answers to ``questions``, generated together; ``template`` replaces the
+    benchmark's prompt. A question in ``QUESTION_ERRORS`` gets an empty answer with its ``error``
+    instead of stopping the batch."""
     answers: list[Answer | None] = [None] * len(questions)
     rows, pixels, asked = [], [], []
     for i, question in enumerate(questions):
         prompt = benchmark.prompt_for(question, template)
         try:
             pixel_values, tiles = benchmark.pixel_values(processor, question, max_tiles)
-            rows.append(processor.encode_prompt(processor.render_prompt(prompt, None, tiles)))
-        except (ImageError, ContextLengthError, PromptError) as err:
+            rows.append(encode_turn(processor, prompt, tiles))
+        except QUESTION_ERRORS as err:
             answers[i] = Answer(question.key, prompt, "", f"{type(err).__name__}: {err}")
             continue
         if pixel_values is not None:
             pixels.append(pixel_values)
         asked.append((i, prompt))
     if asked:
-        input_ids, attention_mask = processor.pad(rows)
-        pixel_values = torch.cat(pixels).to(model.dtype) if pixels else None
-        end_ids = [processor.end_of_turn_id]
-        new = model.generate(input_ids, pixel_values, attention_mask, max_new_tokens=max_new_tokens,
-                             eos_token_id=end_ids)
-        for (i, prompt), ids in zip(asked, new):
-            answers[i] = Answer(questions[i].key, prompt, processor.answer_text(until_end(ids, end_ids)))
+        texts = generate_texts(model, processor, rows, pixels, max_new_tokens)
+        for (i, prompt), text in zip(asked, texts):
+            answers[i] = Answer(questions[i].key, prompt, text)
     return answers  # type: ignore[return-value]
 
 

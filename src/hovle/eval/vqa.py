@@ -202,15 +202,19 @@ class VQAv2(_OpenAnswers):
             raise EvalDataError(f"{questions_file} / {annotations_file} are not VQAv2 files (missing {err})") from None
         root = _image_folder(images, folder / subtype)
         questions = []
-        for row in rows:
-            note = by_id.get(row["question_id"])
-            if note is None:
-                raise EvalDataError(f"{annotations_file} has no answers for question {row['question_id']}")
-            name = f"COCO_{subtype}_{int(row['image_id']):012d}.jpg"
-            questions.append(Question(key=str(row["question_id"]), id=row["question_id"], text=row["question"],
-                                      answer=[str(a["answer"]) for a in note["answers"]],
-                                      images=[resolve_image(root, name)], category=str(note.get("answer_type", "")),
-                                      image_label=name))
+        for number, row in enumerate(rows):
+            try:
+                qid = row["question_id"]
+                note = by_id.get(qid)
+                if note is None:
+                    raise EvalDataError(f"{annotations_file} has no answers for question {qid}")
+                name = f"COCO_{subtype}_{int(row['image_id']):012d}.jpg"
+                answers = [str(a["answer"]) for a in note["answers"]]
+                questions.append(Question(key=str(qid), id=qid, text=row["question"], answer=answers,
+                                          images=[resolve_image(root, name)],
+                                          category=str(note.get("answer_type", "")), image_label=name))
+            except (KeyError, TypeError, ValueError) as err:
+                raise EvalDataError(f"{questions_file}: question number {number} lacks or garbles {err}") from None
         return questions
 
     def judge(self, question: Question, text: str) -> tuple[str, float]:
