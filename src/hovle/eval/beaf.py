@@ -66,7 +66,7 @@ class BEAF(Benchmark):
         rows = read_json(data)
         if not isinstance(rows, list):
             raise EvalDataError(f"{data} is not BEAF's question file (a JSON list)")
-        root = images if images is not None else data.parent
+        root = images or data.parent
         questions = []
         for number, row in enumerate(rows):
             try:

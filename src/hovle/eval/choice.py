@@ -226,7 +226,7 @@ class ScienceQA(_MultipleChoice):
         problems = read_json(folder / "problems.json")
         test = read_json(folder / "pid_splits.json").get("test") if (folder / "pid_splits.json").is_file() else None
         pids = test if test is not None else [p for p, v in problems.items() if v.get("split") == "test"]
-        root = images if images is not None else folder / "images" / "test"
+        root = images or folder / "images" / "test"
         questions = []
         for pid in pids:
             problem = problems.get(str(pid))
@@ -271,7 +271,7 @@ class SEEDBench(_MultipleChoice):
         if not isinstance(content, dict) or "questions" not in content:
             raise EvalDataError(f"{data} is not SEED-Bench.json (a JSON object with \"questions\")")
         names = {int(v): k for k, v in (content.get("question_type") or {}).items()}
-        root = images if images is not None else data.parent / "SEED-Bench-image"
+        root = images or data.parent / "SEED-Bench-image"
         questions = []
         for number, row in enumerate(content["questions"]):
             try:

@@ -58,7 +58,7 @@ class Benchmark:
     # The default prompt: {question} is replaced by the question's text (options included).
     prompt: ClassVar[str] = "{question}"
     max_new_tokens: ClassVar[int] = 10
-    # The headline metric, shown first and by `hovle eval` when it finishes.
+    # The headline metric, in the report's title.
     headline: ClassVar[str] = "accuracy"
 
     def load(self, data: Path, images: Path | None = None) -> list[Question]:
@@ -136,12 +136,11 @@ def build_prompt(question: str, template: str, images: int) -> str:
     if "{question}" not in template:
         raise PromptError(f"the prompt template {template!r} has no {{question}} field")
     text = template.replace("{question}", question)
-    count = images
-    if count == 0 or IMAGE_PLACEHOLDER in text:
+    if images == 0 or IMAGE_PLACEHOLDER in text:
         return text
-    if count == 1:
+    if images == 1:
         return f"{IMAGE_PLACEHOLDER}\n{text}"
-    return "".join(f"Image-{i}: {IMAGE_PLACEHOLDER}\n" for i in range(1, count + 1)) + text
+    return "".join(f"Image-{i}: {IMAGE_PLACEHOLDER}\n" for i in range(1, images + 1)) + text
 
 
 def judged_row(benchmark: Benchmark, question: Question, text: str, prompt: str | None = None,

@@ -90,7 +90,7 @@ class CustomJSONL(Benchmark):
     max_new_tokens = 20
 
     def load(self, data: Path, images: Path | None = None) -> list[Question]:
-        root = images if images is not None else data.parent
+        root = images or data.parent
         questions = []
         for number, row in enumerate(read_jsonl(data), 1):
             where = f"{data} line {number}"

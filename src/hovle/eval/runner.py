@@ -26,7 +26,7 @@ from ..chat import until_end
 from ..processing.images import ImageError
 from ..processing.processor import ContextLengthError, HoVLEProcessor
 from ..processing.prompts import PromptError
-from .core import Benchmark, Question, build_prompt, get_benchmark, judged_row
+from .core import Benchmark, EvalDataError, Question, build_prompt, get_benchmark, judged_row
 from .results import write_results
 
 PROGRESS_DIR = "in-progress"
@@ -214,14 +214,16 @@ def run_eval(
     bench = get_benchmark(benchmark)
     questions = load_questions(bench, data, images, limit)
     if not questions:
-        raise ValueError(f"{data} holds no {benchmark} questions")
+        raise EvalDataError(f"{data} holds no {benchmark} questions")
     out = Path(out)
-    env = dist.init_distributed(device)
-    dtype = dtype or ("bfloat16" if env.device.type == "cuda" else "float32")
     processor = HoVLEProcessor.from_pretrained(model_dir, **({} if system_message is None else
                                                              {"system_message": system_message}))
     if prompt is not None:
         build_prompt("", prompt, 0)  # a template without {question} fails here, before any work
+    # A process group made here is ended here; one the caller made stays theirs.
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    env = dist.init_distributed(device)
+    dtype = dtype or ("bfloat16" if env.device.type == "cuda" else "float32")
     settings = {
         "model": str(Path(model_dir).resolve()),
         "benchmark": bench.name,
@@ -247,6 +249,7 @@ def run_eval(
     }
     try:
         check_folder(out, settings, resume)  # every process checks, so none waits on a failed one
+        dist.barrier(env)  # ... before process 0 writes to the folder
         if env.is_main:
             (out / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
             write_json(out / SETTINGS_FILE, settings)
@@ -269,7 +272,8 @@ def run_eval(
             shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)
         metrics = dist.broadcast_object(metrics, env)
     finally:
-        dist.shutdown_distributed()
+        if owns_group:
+            dist.shutdown_distributed()
     return metrics
 
 

@@ -142,10 +142,6 @@ class _OpenAnswers(Benchmark):
         return accuracy_by_category(rows)
 
 
-def _image_folder(images: Path | None, default: Path) -> Path:
-    return images if images is not None else default
-
-
 @register
 class TextVQA(_OpenAnswers):
     name = "textvqa"
@@ -157,7 +153,7 @@ class TextVQA(_OpenAnswers):
         content = read_json(data)
         if not isinstance(content, dict) or not isinstance(content.get("data"), list):
             raise EvalDataError(f"{data} is not TextVQA's annotation file (a JSON object with a \"data\" list)")
-        root = _image_folder(images, data.parent / "train_images")
+        root = images or data.parent / "train_images"
         questions = []
         for row in content["data"]:
             answers = row.get("answers")
@@ -200,7 +196,7 @@ class VQAv2(_OpenAnswers):
             rows = asked["questions"]
         except (KeyError, TypeError) as err:
             raise EvalDataError(f"{questions_file} / {annotations_file} are not VQAv2 files (missing {err})") from None
-        root = _image_folder(images, folder / subtype)
+        root = images or folder / subtype
         questions = []
         for number, row in enumerate(rows):
             try:
@@ -238,7 +234,7 @@ class GQA(_OpenAnswers):
         content = read_json(data)
         if not isinstance(content, dict):
             raise EvalDataError(f"{data} is not a GQA questions file (a JSON object of questions by id)")
-        root = _image_folder(images, data.parent / "images")
+        root = images or data.parent / "images"
         questions = []
         for qid, row in content.items():
             try:
@@ -269,7 +265,7 @@ class EasyVQA(_OpenAnswers):
     def load(self, data: Path, images: Path | None = None) -> list[Question]:
         path = data / "questions.json" if data.is_dir() else data
         rows = read_json(path)
-        root = _image_folder(images, path.parent / "images")
+        root = images or path.parent / "images"
         questions = []
         for number, row in enumerate(rows if isinstance(rows, list) else []):
             if not (isinstance(row, list) and len(row) == 3):
