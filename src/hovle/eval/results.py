@@ -48,10 +48,6 @@ def _table(columns: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
-def _is_wrong(row: dict) -> bool:
-    return not row["correct"]
-
-
 def render_report(out: Path, benchmark: Benchmark, questions: list[Question], rows: list[dict], metrics: dict,
                   settings: dict) -> str:
     headline = metrics.get(benchmark.headline)
@@ -70,7 +66,7 @@ def render_report(out: Path, benchmark: Benchmark, questions: list[Question], ro
 
 
 def _examples(out: Path, questions: list[Question], rows: list[dict]) -> list[str]:
-    wrong = [(q, r) for q, r in zip(questions, rows) if _is_wrong(r)][:EXAMPLES]
+    wrong = [(q, r) for q, r in zip(questions, rows) if not r["correct"]][:EXAMPLES]  # a soft score of 0 too
     folder = out / "examples"
     shutil.rmtree(folder, ignore_errors=True)
     if not wrong:
