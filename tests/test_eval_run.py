@@ -178,6 +178,24 @@ def test_a_killed_evaluation_resumes_without_asking_again(pre_model, data, tmp_p
     assert asked == []
 
 
+def test_a_limited_run_extends_with_resume(pre_model, data, tmp_path, monkeypatch):
+    """--limit does not change answers: resuming without it asks only the questions beyond it."""
+    out = tmp_path / "extended"
+    first = run_eval(pre_model, "pope", data["pope"], out, images=EASY_IMAGES, limit=5, **QUICK)
+    assert first["questions"] == 5
+    asked = []
+    real_ask = runner.ask
+
+    def recording_ask(model, processor, benchmark, questions, *args):
+        asked.extend(q.key for q in questions)
+        return real_ask(model, processor, benchmark, questions, *args)
+
+    monkeypatch.setattr(runner, "ask", recording_ask)
+    whole = run_eval(pre_model, "pope", data["pope"], out, images=EASY_IMAGES, resume=True, **QUICK)
+    keys = [q.key for q in get_benchmark("pope").load(data["pope"], EASY_IMAGES)]
+    assert asked == keys[5:] and whole["questions"] == len(keys)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

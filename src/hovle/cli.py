@@ -340,9 +340,9 @@ def main(argv: list[str] | None = None) -> int:
 
     user_errors = (CheckpointError, ConfigError, ImageError, PromptError, TokenizerError, ContextLengthError,
                    FileNotFoundError, FileExistsError)
-    from .eval import EvalDataError, ResumeError
+    from .eval import EvalDataError
 
-    user_errors += (EvalDataError, ResumeError)
+    user_errors += (EvalDataError,)  # an eval folder of another run is a FileExistsError
     if args.command in ("train", "quickstart"):
         from .recipes.nano_data import DataSourceError
 

@@ -53,7 +53,7 @@ class Benchmark:
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
-    # The files --data points at, as the user downloads them (shown by `hovle eval --list`).
+    # The files --data points at, as the user downloads them (shown by `hovle eval --list-benchmarks`).
     data_help: ClassVar[str] = ""
     # The default prompt: {question} is replaced by the question's text (options included).
     prompt: ClassVar[str] = "{question}"

@@ -14,13 +14,14 @@ EXAMPLES = 6  # wrong answers shown in the report
 EXAMPLE_SIZE = 320  # longest side of their images, in pixels
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file through a temporary one, so that a kill never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _dumps(value) -> str:
+def json_text(value) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -28,17 +29,17 @@ def write_results(out: Path, benchmark: Benchmark, questions: list[Question], ro
                   settings: dict) -> None:
     """Write the four result files (each replaced whole, never half-written) and the examples' images."""
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _write_text(out / "metrics.json", _dumps(metrics))
-    _write_text(out / "settings.json", _dumps(settings))
-    _write_text(out / "report.md", render_report(out, benchmark, questions, rows, metrics, settings))
+    write_atomic(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_atomic(out / "metrics.json", json_text(metrics))
+    write_atomic(out / "settings.json", json_text(settings))
+    write_atomic(out / "report.md", render_report(out, benchmark, questions, rows, metrics, settings))
 
 
 def _cell(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.2f}" if abs(value) >= 1 or value == 0 else f"{value:.4f}"
+        return f"{value:.2f}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 

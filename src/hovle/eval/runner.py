@@ -11,7 +11,6 @@ and ``settings.json``, and removes ``in-progress/``.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 from collections.abc import Sequence
@@ -27,13 +26,13 @@ from ..processing.images import ImageError
 from ..processing.processor import ContextLengthError, HoVLEProcessor
 from ..processing.prompts import PromptError
 from .core import Benchmark, EvalDataError, Question, build_prompt, get_benchmark, judged_row
-from .results import write_results
+from .results import json_text, write_atomic, write_results
 
 PROGRESS_DIR = "in-progress"
 SETTINGS_FILE = "settings.json"
 # Settings that change answers: a resumed run must keep them.
-ANSWER_SETTINGS = ("model", "benchmark", "data", "images", "limit", "prompt", "system_message", "max_tiles",
-                   "max_new_tokens", "dtype")
+ANSWER_SETTINGS = ("model", "benchmark", "data", "images", "prompt", "system_message", "max_tiles", "max_new_tokens",
+                   "dtype")
 
 
 class ResumeError(FileExistsError):
@@ -159,13 +158,6 @@ def check_folder(out: Path, settings: dict, resume: bool) -> None:
                           "use the same settings, or another --out")
 
 
-def write_json(path: Path, value) -> None:
-    """Write JSON through a temporary file, so a kill never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------
 # hovle eval / hovle score
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +244,7 @@ def run_eval(
         dist.barrier(env)  # ... before process 0 writes to the folder
         if env.is_main:
             (out / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
-            write_json(out / SETTINGS_FILE, settings)
+            write_atomic(out / SETTINGS_FILE, json_text(settings))
         dist.barrier(env)
         done = answered(out)
         todo = [q for q in questions if q.key not in done]
