@@ -126,6 +126,19 @@ def test_batched_answers_equal_batch_size_one(model, data, tmp_path):
     assert len({r["text"] for r in rows(tmp_path / "one")}) > 5
 
 
+def record_asks(monkeypatch) -> list[str]:
+    """The keys of the questions asked from now on, in order (the answers are still generated)."""
+    asked: list[str] = []
+    real_ask = runner.ask
+
+    def recording_ask(model, processor, benchmark, questions, *args):
+        asked.extend(q.key for q in questions)
+        return real_ask(model, processor, benchmark, questions, *args)
+
+    monkeypatch.setattr(runner, "ask", recording_ask)
+    return asked
+
+
 KILLED_RUN = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
@@ -156,23 +169,14 @@ def test_a_killed_evaluation_resumes_without_asking_again(pre_model, data, tmp_p
     with pytest.raises(ResumeError, match="max_new_tokens"):
         run_eval(pre_model, "jsonl", data["jsonl"], out, batch_size=3, resume=True, max_new_tokens=9,
                  progress=False)
-    asked = []
-    real_ask = runner.ask
-
-    def recording_ask(model, processor, benchmark, questions, *args):
-        asked.extend(q.key for q in questions)
-        return real_ask(model, processor, benchmark, questions, *args)
-
-    monkeypatch.setattr(runner, "ask", recording_ask)
+    asked = record_asks(monkeypatch)
     resumed = run_eval(pre_model, "jsonl", data["jsonl"], out, batch_size=4, resume=True, **QUICK)
     total = len(get_benchmark("jsonl").load(data["jsonl"]))
     assert not set(asked) & set(before) and len(asked) == len(set(asked)) == total - 9
     assert not (out / runner.PROGRESS_DIR).exists()
-    monkeypatch.setattr(runner, "ask", real_ask)
     whole = run_eval(pre_model, "jsonl", data["jsonl"], tmp_path / "whole", batch_size=2, **QUICK)
     assert rows(out) == rows(tmp_path / "whole") and resumed == whole
     # A finished run resumed asks nothing more.
-    monkeypatch.setattr(runner, "ask", recording_ask)
     asked.clear()
     assert run_eval(pre_model, "jsonl", data["jsonl"], out, batch_size=4, resume=True, **QUICK) == whole
     assert asked == []
@@ -183,14 +187,7 @@ def test_a_limited_run_extends_with_resume(pre_model, data, tmp_path, monkeypatc
     out = tmp_path / "extended"
     first = run_eval(pre_model, "pope", data["pope"], out, images=EASY_IMAGES, limit=5, **QUICK)
     assert first["questions"] == 5
-    asked = []
-    real_ask = runner.ask
-
-    def recording_ask(model, processor, benchmark, questions, *args):
-        asked.extend(q.key for q in questions)
-        return real_ask(model, processor, benchmark, questions, *args)
-
-    monkeypatch.setattr(runner, "ask", recording_ask)
+    asked = record_asks(monkeypatch)
     whole = run_eval(pre_model, "pope", data["pope"], out, images=EASY_IMAGES, resume=True, **QUICK)
     keys = [q.key for q in get_benchmark("pope").load(data["pope"], EASY_IMAGES)]
     assert asked == keys[5:] and whole["questions"] == len(keys)
