@@ -21,6 +21,10 @@ import re
 import sys
 from pathlib import Path
 
+import torch
+from PIL import Image
+
+from ..processing.images import load_image
 from .core import (Benchmark, EvalDataError, Question, Table, accuracy_by_category, answers_by_key, build_prompt, mean,
                    percent, read_json, read_jsonl, register, resolve_image)
 
@@ -360,18 +364,12 @@ class MMMU(_MultipleChoice):
     def pixel_values(self, processor, question: Question, max_tiles: int | None):
         """As InternVL evaluates MMMU: the first image enlarged twice and tiled, the others one
         tile each, all of them behind one ``<image>``."""
-        from PIL import Image
-
-        from ..processing.images import load_image
-
         if not question.images:
             return None, []
         first = load_image(question.images[0])
         first = first.resize((first.width * 2, first.height * 2), Image.Resampling.BILINEAR)
         pixel_values, tiles = processor.process_images([first], max_tiles)
         if len(question.images) > 1:
-            import torch
-
             more, extra = processor.process_images(question.images[1:], 1)
             pixel_values, tiles = torch.cat([pixel_values, more]), tiles + extra
         return pixel_values, [sum(tiles)]

@@ -17,6 +17,8 @@ scored too (the summed log-probability of the continuation after the prompt turn
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
@@ -140,7 +142,5 @@ class HoVLELMMs(lmms):
 
     @staticmethod
     def _warn(err: Exception) -> None:
-        import warnings
-
         warnings.warn(f"hovle: a request was not asked ({type(err).__name__}: {err}); its answer is empty",
                       stacklevel=3)
