@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from hovle import EmbeddingConfig, HoVLEConfig, HoVLEModel, LLMConfig
 
@@ -92,6 +94,29 @@ def left_pad(rows: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch.T
 
 def pixels(tiles: int, seed: int) -> torch.Tensor:
     return torch.randn(tiles, 3, 56, 56, generator=torch.Generator().manual_seed(seed))
+
+
+def build_chat_folder(path, mode: str = "pre"):
+    """A model folder in the released layout: tokenizer files + config + weights."""
+    from hovle.processing.tokenizer import load_tokenizer
+
+    from .tokenizer_folder import make_tokenizer_folder
+
+    make_tokenizer_folder(path)
+    tokenizer = load_tokenizer(path)
+    config = tiny_config(mode=mode, vocab=tokenizer.vocab_size, img_context=tokenizer.token_to_id("<IMG_CONTEXT>"))
+    config.llm.max_position_embeddings = 400
+    model = randomize(HoVLEModel(config), seed=21)
+    # Make the end of turn likely enough that some answers stop early.
+    with torch.no_grad():
+        model.language_model.output.weight[tokenizer.token_to_id("<|im_end|>")] *= 8
+    model.save_pretrained(path)
+    return path
+
+
+def photo(seed: int, size=(90, 50)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="session")

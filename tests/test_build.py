@@ -1,4 +1,4 @@
-"""Building a new HoVLE from a local LLM folder: ``hovle.checkpoint.load_llm``,
+"""Building a new HoVLE from a local LLM folder: ``hovle.llm_files.load_llm``,
 ``hovle.training.build.build_model`` and the tokenizers' ``add_special_tokens``.
 
 Every LLM here is made in the test: tiny transformers Llama / Qwen2 models saved with
@@ -20,7 +20,8 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from hovle import CheckpointError, ConfigError, HoVLEModel, HoVLEProcessor, LLMConfig  # noqa: E402
-from hovle.checkpoint import INDEX_NAME, WEIGHTS_NAME, llm_from_file_names, llm_to_file_names, load_llm  # noqa: E402
+from hovle.checkpoint import INDEX_NAME, WEIGHTS_NAME, llm_from_file_names, llm_to_file_names  # noqa: E402
+from hovle.llm_files import load_llm  # noqa: E402
 from hovle.model.language import LanguageModel  # noqa: E402
 from hovle.processing.tokenizer import (  # noqa: E402
     SentencePieceTokenizer,

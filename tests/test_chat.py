@@ -2,33 +2,16 @@
 
 import builtins
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from hovle import HoVLEModel
 from hovle.cli import main
 from hovle.processing.processor import ContextLengthError, HoVLEProcessor
 from hovle.processing.prompts import PromptError
-from hovle.processing.tokenizer import TokenizerError, load_tokenizer
+from hovle.processing.tokenizer import TokenizerError
 
-from .conftest import randomize, tiny_config
-from .tokenizer_folder import make_tokenizer_folder
-
-
-def build_folder(path, mode):
-    """A model folder in the released layout: tokenizer files + config + weights."""
-    make_tokenizer_folder(path)
-    tokenizer = load_tokenizer(path)
-    config = tiny_config(mode=mode, vocab=tokenizer.vocab_size, img_context=tokenizer.token_to_id("<IMG_CONTEXT>"))
-    config.llm.max_position_embeddings = 400
-    model = randomize(HoVLEModel(config), seed=21)
-    # Make the end of turn likely enough that some answers stop early.
-    with torch.no_grad():
-        model.language_model.output.weight[tokenizer.token_to_id("<|im_end|>")] *= 8
-    model.save_pretrained(path)
-    return path
+from .conftest import build_chat_folder as build_folder
+from .conftest import photo
 
 
 @pytest.fixture(scope="module", params=["pre", "post"])
@@ -39,11 +22,6 @@ def folder(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(folder):
     return HoVLEModel.from_pretrained(folder), HoVLEProcessor.from_pretrained(folder)
-
-
-def photo(seed: int, size=(90, 50)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
 GEN = {"max_new_tokens": 12}

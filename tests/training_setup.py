@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hovle.checkpoint import save_llm
+from hovle.llm_files import save_llm
 from hovle.config import LLMConfig
 from hovle.model.language import LanguageModel
 from hovle.processing.tokenizer import load_tokenizer

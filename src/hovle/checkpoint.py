@@ -3,33 +3,28 @@
 Inside, the model uses InternLM2 module names (the released files' names). A HoVLE whose LLM is a
 Llama or Qwen2 stores that LLM under its transformers names (``self_attn.q_proj`` ...), as
 InternVL-style checkpoints do; the key maps below translate, fusing q/k/v into ``wqkv``.
-Only safetensors are read: nothing is ever unpickled.
+Only safetensors are read: nothing is ever unpickled. Plain LLM folders and GGUF files (what a
+new HoVLE is built from) are read by ``hovle.llm_files``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
-import sys
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .config import SUPPORTED_LLM_ARCHITECTURES, ConfigError, HoVLEConfig, LLMConfig
+from .config import HoVLEConfig, LLMConfig
+from .errors import CheckpointError
+from .tensor_files import read_headers, read_tensors, write_safetensors
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 LLM_PREFIX = "language_model."
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder whose tensors do not match its config."""
 
 
 # ---------------------------------------------------------------- fused q/k/v in the released layout
@@ -82,7 +77,7 @@ _WQKV = re.compile(r"^(model\.layers\.\d+)\.attention\.wqkv\.(weight|bias)$")
 _QKV = re.compile(r"^(model\.layers\.\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
 
 
-def _uses_llama_names(llm: LLMConfig) -> bool:
+def uses_llama_names(llm: LLMConfig) -> bool:
     return llm.architecture != "InternLM2ForCausalLM"
 
 
@@ -104,7 +99,7 @@ def llm_to_file_names(state: dict[str, torch.Tensor], llm: LLMConfig, prefix: st
     ``prefix`` pass through unchanged.
     """
     out: dict[str, torch.Tensor] = {}
-    llama_names = _uses_llama_names(llm)
+    llama_names = uses_llama_names(llm)
     for key, tensor in state.items():
         if not key.startswith(prefix):
             out[key] = tensor
@@ -132,7 +127,7 @@ def llm_to_file_names(state: dict[str, torch.Tensor], llm: LLMConfig, prefix: st
 
 def llm_from_file_names(tensors: dict[str, torch.Tensor], llm: LLMConfig, prefix: str = "") -> dict[str, torch.Tensor]:
     """Inverse of ``llm_to_file_names``; a tied head comes back as the token table itself."""
-    out = _from_llama_names(tensors, llm, prefix) if _uses_llama_names(llm) else dict(tensors)
+    out = _from_llama_names(tensors, llm, prefix) if uses_llama_names(llm) else dict(tensors)
     table, head = prefix + "model.tok_embeddings.weight", prefix + "output.weight"
     if llm.tie_word_embeddings and table in out:
         out.setdefault(head, out[table])
@@ -169,13 +164,27 @@ def _from_llama_names(tensors: dict[str, torch.Tensor], llm: LLMConfig, prefix: 
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder: the index's shards, or the single file."""
+    """The safetensors files of a checkpoint folder: the index's shards, or the single file.
+
+    An index must be valid JSON with a ``weight_map`` of tensor name -> file name, and every file
+    it names must lie in ``folder`` itself (no ``../x``, no absolute paths) and exist.
+    """
     index = folder / INDEX_NAME
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index} has no weight_map")
-        files = sorted({folder / name for name in weight_map.values()})
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise CheckpointError(f"{index} is not a JSON object with a weight_map ({e})") from None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index} has no weight_map of tensor name -> shard file")
+        names = set(weight_map.values())
+        outside = sorted(str(n) for n in names if not _is_file_name(n))
+        if outside:
+            raise CheckpointError(
+                f"{index} names shards that are not plain file names in its folder: {', '.join(outside)}; "
+                f"hovle reads shards from the checkpoint folder only"
+            )
+        files = sorted(folder / name for name in names)
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise CheckpointError(f"{index} names shards that are not in {folder}: {', '.join(missing)}")
@@ -188,15 +197,10 @@ def weight_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {folder}{hint}")
 
 
-def read_headers(files: list[Path]) -> dict[str, tuple[tuple, str]]:
-    """Shape and dtype name of every tensor in ``files``, from the headers alone (no data read)."""
-    out = {}
-    for file in files:
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():
-                piece = f.get_slice(key)
-                out[key] = (tuple(piece.get_shape()), piece.get_dtype())
-    return out
+def _is_file_name(name) -> bool:
+    """A shard name that stays in the checkpoint folder: one path component, not . or .."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and not os.path.isabs(name))
 
 
 def _listing(names: Iterable[str], limit: int = 8) -> str:
@@ -240,7 +244,9 @@ def load_model(path: str | Path, dtype=None, device=None):
 
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {folder} does not exist (hovle loads local folders only)")
+        previous = _previous(folder.resolve())
+        hint = f"; an interrupted save left the previous checkpoint in {previous}" if previous.is_dir() else ""
+        raise FileNotFoundError(f"checkpoint folder {folder} does not exist (hovle loads local folders only){hint}")
     dtype = resolve_dtype(dtype)
     config = HoVLEConfig.from_pretrained(folder)
     with torch.device("meta"):
@@ -253,206 +259,11 @@ def load_model(path: str | Path, dtype=None, device=None):
 
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():
-                t = f.get_tensor(key)
-                if dtype is not None and t.is_floating_point():
-                    t = t.to(dtype)
-                tensors[key] = t.to(device) if device is not None else t
+        tensors.update(read_tensors(file, dtype=dtype, device=device))
     state = from_file_names(tensors, config)
     model.load_state_dict(state, strict=True, assign=True)
     model.language_model.tie_weights()
     return model.eval()
-
-
-# ---------------------------------------------------------------- a plain LLM folder
-
-_ARCHITECTURE_OF_MODEL_TYPE = {
-    "llama": "LlamaForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "internlm2": "InternLM2ForCausalLM",
-}
-# transformers' config-class defaults for the fields a config.json may leave out (LLMConfig's own
-# defaults are the released InternLM2's, which are not every architecture's).
-_TRANSFORMERS_DEFAULTS = {
-    "LlamaForCausalLM": dict(rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=2048,
-                             tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=None),
-    "Qwen2ForCausalLM": dict(rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=32768,
-                             tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None),
-    "InternLM2ForCausalLM": dict(rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=2048,
-                                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0),
-}
-# Buffers some older checkpoints store although they are computed, not learned.
-_COMPUTED_KEYS = re.compile(r"\.rotary_emb\.inv_freq$")
-GGUF_INSTALL_HINT = "pip install 'hovle[gguf]'"
-
-
-def llm_config_from_dict(data: dict, source: str = "config.json") -> LLMConfig:
-    """Our ``LLMConfig`` from a transformers LLM config (a ``config.json`` or ``config.to_dict()``).
-
-    The architecture comes from ``architectures`` or, where that is missing, ``model_type``;
-    fields the file leaves out take transformers' defaults for that architecture. Every field is
-    kept. An architecture hovle does not compute raises ``ConfigError`` naming it.
-    """
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source} must hold a JSON object")
-    data = dict(data)
-    architectures = data.get("architectures") or []
-    if isinstance(architectures, str):
-        architectures = [architectures]
-    model_type = data.get("model_type")
-    arch = architectures[0] if architectures else _ARCHITECTURE_OF_MODEL_TYPE.get(model_type)
-    supported = ", ".join(SUPPORTED_LLM_ARCHITECTURES)
-    if arch is None:
-        raise ConfigError(
-            f"{source}: unknown LLM architecture (no architectures, model_type {model_type!r}); "
-            f"hovle reads {supported} (model_type {', '.join(_ARCHITECTURE_OF_MODEL_TYPE)})"
-        )
-    if arch not in SUPPORTED_LLM_ARCHITECTURES:
-        raise ConfigError(f"{source}: unknown LLM architecture {arch!r}; hovle reads {supported}")
-    data["architectures"] = [arch]
-    data.setdefault("model_type", {v: k for k, v in _ARCHITECTURE_OF_MODEL_TYPE.items()}[arch])
-    for key, value in _TRANSFORMERS_DEFAULTS[arch].items():
-        if key == "rope_theta" and isinstance(data.get("rope_parameters"), dict):
-            continue
-        data.setdefault(key, value)
-    if data.get("use_sliding_window"):
-        raise ConfigError(f"{source}: use_sliding_window=true; hovle computes full causal attention only")
-    return LLMConfig.from_dict(data)
-
-
-def _head_file_name(llm: LLMConfig) -> str:
-    return "lm_head.weight" if _uses_llama_names(llm) else "output.weight"
-
-
-def _expected_llm_shapes(llm: LLMConfig) -> dict[str, tuple]:
-    from .model.language import LanguageModel
-
-    with torch.device("meta"):
-        model = LanguageModel(llm)
-    return {k: tuple(t.shape) for k, t in llm_to_file_names(model.state_dict(), llm).items()}
-
-
-def load_llm(path: str | Path, dtype=None, gguf_file: str | Path | None = None,
-             progress: bool = True) -> tuple[LLMConfig, dict[str, torch.Tensor]]:
-    """An LLM from a local folder in transformers layout: its ``LLMConfig`` and its state dict in the
-    internal names of ``hovle.model.language.LanguageModel`` (``model.layers.0.attention.wqkv.weight``,
-    ``output.weight`` ...).
-
-    The folder holds ``config.json`` (Llama, Qwen2 or InternLM2) and ``model.safetensors`` or shards
-    with ``model.safetensors.index.json``. Loading is strict: a missing, unexpected or mis-shaped
-    tensor raises ``CheckpointError`` naming it (a tied model may or may not store ``lm_head``).
-    With ``gguf_file`` (a file name inside the folder or a path to a ``.gguf`` file), or when
-    ``path`` is itself a ``.gguf`` file, the LLM is read (and dequantised) by transformers and
-    ``gguf``; ``progress=False`` hides the progress bars transformers draws meanwhile. ``dtype``
-    defaults to the stored one (float32 for GGUF).
-    """
-    path = Path(path)
-    if gguf_file is None and path.is_file() and path.suffix.lower() == ".gguf":
-        path, gguf_file = path.parent, path.name
-    if gguf_file is not None:
-        with contextlib.nullcontext() if progress else _without_progress_bars():
-            return _load_gguf_llm(path, gguf_file, resolve_dtype(dtype))
-    if not path.is_dir():
-        raise FileNotFoundError(f"LLM folder {path} does not exist (hovle loads local folders only)")
-    dtype = resolve_dtype(dtype)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        ggufs = sorted(p.name for p in path.glob("*.gguf"))
-        hint = f" (it holds {', '.join(ggufs)}: pass gguf_file=<name> to read one)" if ggufs else ""
-        raise FileNotFoundError(f"no config.json in the LLM folder {path}{hint}")
-    try:
-        data = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{config_file} is not valid JSON: {e}") from e
-    config = llm_config_from_dict(data, source=str(config_file))
-
-    files = weight_files(path)
-    found = {k: shape for k, (shape, _) in read_headers(files).items() if not _COMPUTED_KEYS.search(k)}
-    if config.tie_word_embeddings:
-        found.pop(_head_file_name(config), None)  # some tied checkpoints store the head too: it is the table
-    check_tensors(_expected_llm_shapes(config), found, path, what="LLM folder")
-
-    tensors: dict[str, torch.Tensor] = {}
-    for file in files:
-        with safe_open(file, framework="pt") as f:
-            for key in f.keys():
-                if key in found:
-                    t = f.get_tensor(key)
-                    tensors[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
-    return config, llm_from_file_names(tensors, config)
-
-
-def save_llm(config: LLMConfig, state: dict[str, torch.Tensor], folder: str | Path) -> Path:
-    """Write an LLM from ``load_llm`` back as a transformers-layout folder (config.json +
-    model.safetensors), e.g. to keep a dequantised GGUF model for fast later loads."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: t.detach().to("cpu").contiguous() for k, t in llm_to_file_names(state, config).items()}
-    if config.tie_word_embeddings:
-        tensors.pop(_head_file_name(config), None)
-    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    _write_atomic(tensors, folder / WEIGHTS_NAME)
-    return folder
-
-
-def import_gguf_support():
-    """transformers (+ gguf, + accelerate, which its GGUF loading requires), imported lazily."""
-    import importlib.util
-
-    missing = [name for name in ("transformers", "gguf", "accelerate") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ImportError(
-            f"reading a GGUF LLM needs transformers, gguf and accelerate ({', '.join(missing)} missing): "
-            f"{GGUF_INSTALL_HINT}"
-        )
-    import transformers
-
-    return transformers
-
-
-@contextlib.contextmanager
-def _without_progress_bars():
-    """Hold back what is written to stderr meanwhile, then pass on all but progress bars
-    (transformers' GGUF reader draws tqdm bars that no library switch turns off)."""
-    held = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(held):
-            yield
-    finally:
-        lines = held.getvalue().replace("\r", "\n").splitlines()
-        kept = [line for line in lines if line.strip() and "%|" not in line]
-        if kept:
-            print("\n".join(kept), file=sys.stderr)
-
-
-def _load_gguf_llm(folder: Path, gguf_file, dtype) -> tuple[LLMConfig, dict[str, torch.Tensor]]:
-    file = folder / gguf_file if (folder / gguf_file).is_file() else Path(gguf_file)
-    if not file.is_file():
-        raise FileNotFoundError(f"GGUF file {gguf_file} is neither in {folder} nor a file")
-    transformers = import_gguf_support()
-    dtype = dtype or torch.float32  # GGUF tensors are dequantised to float32
-    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(file.parent), gguf_file=file.name, local_files_only=True, **{key: dtype}
-        )
-    except ImportError:
-        raise
-    except Exception as e:  # transformers and gguf raise many kinds (ValueError, KeyError, OSError ...)
-        raise CheckpointError(f"transformers cannot read the GGUF file {file}: {type(e).__name__}: {e}") from e
-    data = model.config.to_dict()
-    # Loading details, not the LLM: the weights are dequantised; private keys name this machine's paths.
-    data = {k: v for k, v in data.items() if k != "quantization_config" and not k.startswith("_")}
-    data = json.loads(json.dumps(data, default=str))
-    config = llm_config_from_dict(data, source=str(file))
-
-    state = {k: t.detach() for k, t in model.state_dict().items() if not _COMPUTED_KEYS.search(k)}
-    if config.tie_word_embeddings:
-        state.pop(_head_file_name(config), None)
-    found = {k: tuple(t.shape) for k, t in state.items()}
-    check_tensors(_expected_llm_shapes(config), found, file, what="GGUF LLM", against="the config transformers read from it")
-    return config, llm_from_file_names(state, config)
 
 
 # ---------------------------------------------------------------- writing
@@ -470,12 +281,35 @@ def _parse_size(size: int | str) -> int:
 
 
 def save_model(model, path: str | Path, max_shard_size: int | str = "5GB") -> Path:
-    """Write ``model`` to ``path`` in the released layout; returns the folder."""
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``model`` to ``path`` in the released layout; returns the folder.
+
+    The new checkpoint is written into a folder beside ``path`` and swapped in when complete, so a
+    crash midway leaves the previous checkpoint as it was. Other files in ``path`` (a tokenizer,
+    notes) are carried over; old weight files are not, so they cannot shadow the new ones.
+    """
+    folder = Path(path).resolve()  # names its parent even for "."
     limit = _parse_size(max_shard_size)
     tensors = {k: t.detach().to("cpu").contiguous() for k, t in to_file_names(model.state_dict(), model.config).items()}
+    _recover_interrupted_save(folder)
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if not _is_weight_file(entry.name) and entry.name != "config.json":
+                    _link_or_copy(entry, staging / entry.name)
+        model.config.save_pretrained(staging)
+        _write_shards(tensors, staging, limit)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _swap_in(staging, folder)
+    return Path(path)
 
+
+def _write_shards(tensors: dict[str, torch.Tensor], folder: Path, limit: int) -> None:
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key in sorted(tensors):
@@ -485,27 +319,57 @@ def save_model(model, path: str | Path, max_shard_size: int | str = "5GB") -> Pa
             size = 0
         shards[-1][key] = tensors[key]
         size += nbytes
-
-    # Old weight files would shadow or contradict the new ones.
-    for stale in [folder / WEIGHTS_NAME, folder / INDEX_NAME, *folder.glob("model-*-of-*.safetensors")]:
-        if stale.is_file():
-            stale.unlink()
-    model.config.save_pretrained(folder)
     if len(shards) == 1:
-        _write_atomic(shards[0], folder / WEIGHTS_NAME)
-        return folder
+        write_safetensors(shards[0], folder / WEIGHTS_NAME)
+        return
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
         name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        _write_atomic(shard, folder / name)
+        write_safetensors(shard, folder / name)
         weight_map.update({key: name for key in shard})
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    return folder
 
 
-def _write_atomic(tensors: dict[str, torch.Tensor], file: Path) -> None:
-    partial = file.with_name(file.name + ".partial")
-    save_file(tensors, str(partial), metadata={"format": "pt"})
-    os.replace(partial, file)
+def _is_weight_file(name: str) -> bool:
+    return name in (WEIGHTS_NAME, INDEX_NAME) or re.fullmatch(r"model-\d+-of-\d+\.safetensors", name) is not None
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard links where the file system allows (instant, no extra space), copies otherwise."""
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    if source.is_dir():
+        shutil.copytree(source, target, copy_function=link, symlinks=True)
+    elif source.is_symlink():
+        os.symlink(os.readlink(source), target)
+    else:
+        link(source, target)
+
+
+def _previous(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.previous")
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Two renames: the old folder aside, the new one in its place; then the old one goes."""
+    previous = _previous(folder)
+    if folder.exists():
+        os.replace(folder, previous)
+    os.replace(staging, folder)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _recover_interrupted_save(folder: Path) -> None:
+    """A save stopped between its two renames left only the previous checkpoint, set aside: put it back."""
+    previous = _previous(folder)
+    if previous.is_dir():
+        if folder.exists():
+            shutil.rmtree(previous)
+        else:
+            os.replace(previous, folder)

@@ -14,14 +14,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 CONFIG_NAME = "config.json"
 
 # LLM architectures whose decoder layer is a Llama layer under some naming (HOVLE_SPEC 2.1).
 SUPPORTED_LLM_ARCHITECTURES = ("InternLM2ForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM")
-
-
-class ConfigError(ValueError):
-    """A config that is not a HoVLE config, or that asks for something hovle does not compute."""
 
 
 class _Section:

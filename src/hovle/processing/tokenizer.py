@@ -827,7 +827,7 @@ class TransformersTokenizer:
     @classmethod
     def from_gguf(cls, file: str | Path) -> "TransformersTokenizer":
         """The tokenizer stored in a GGUF file, read by transformers (needs ``hovle[gguf]``)."""
-        from ..checkpoint import import_gguf_support
+        from ..llm_files import import_gguf_support
 
         file = Path(file)
         transformers = import_gguf_support()

@@ -65,7 +65,7 @@ def recipe() -> Recipe:
 def smollm2_folder(cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     """SmolLM2-135M-Instruct as a transformers-layout folder, dequantised from the package's GGUF
     file once (about 25 s) and kept in the cache."""
-    from ..checkpoint import load_llm, save_llm
+    from ..llm_files import load_llm, save_llm
     from ..training.build import load_llm_tokenizer
 
     folder = Path(cache_dir) if cache_dir else cache_root() / "llm" / LLM_CACHE_NAME

@@ -27,7 +27,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..checkpoint import load_llm, resolve_dtype
+from ..checkpoint import resolve_dtype
+from ..llm_files import load_llm
 from ..config import EmbeddingConfig, HoVLEConfig, LLMConfig
 from ..model.hovle import HoVLEModel
 from ..processing.prompts import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN

@@ -33,7 +33,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,6 +42,9 @@ from torch import Tensor, nn
 
 from ..cache import cache_root
 from ..checkpoint import check_tensors
+from ..errors import CheckpointError
+from ..llm_files import dtype_keyword
+from ..tensor_files import open_safetensors, read_tensors, write_safetensors
 
 __all__ = [
     "VisionTeacher",
@@ -371,10 +373,8 @@ class EfficientNetLite0Teacher(VisionTeacher):
         cls, path: str | os.PathLike, image_size: int = 224, **kwargs: Any
     ) -> "EfficientNetLite0Teacher":
         """Build the teacher from a safetensors file holding the lukemelas-style state dict."""
-        from safetensors.torch import load_file
-
         teacher = cls(image_size=image_size, **kwargs)
-        teacher.load_weights(load_file(str(path), device="cpu"))
+        teacher.load_weights(read_tensors(path))
         return teacher
 
     @classmethod
@@ -435,30 +435,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_save_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _readable_safetensors(path: Path) -> bool:
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with open_safetensors(path) as handle:
             return bool(list(handle.keys()))
-    except Exception:  # a damaged cache file is rebuilt, not trusted
+    except CheckpointError:  # a damaged cache file is rebuilt, not trusted
         return False
 
 
@@ -484,7 +465,7 @@ def ensure_lite0_safetensors(cache_dir: str | os.PathLike | None = None) -> Path
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{source} does not hold a plain state dict of tensors")
     tensors = {str(key): value.detach().contiguous() for key, value in state.items()}
-    _atomic_save_safetensors(
+    write_safetensors(
         tensors,
         target,
         {"source": _LITE0_FILE, "source_sha256": digest, "package": EFFICIENTNET_LITE0_PACKAGE},
@@ -607,9 +588,7 @@ class HFVisionTeacher(VisionTeacher):
             dtype = getattr(torch, dtype)
         load_kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
         if dtype is not None:
-            # transformers renamed torch_dtype to dtype in 4.56.
-            version = tuple(int(part) for part in transformers.__version__.split(".")[:2] if part.isdigit())
-            load_kwargs["dtype" if version >= (4, 56) else "torch_dtype"] = dtype
+            load_kwargs[dtype_keyword(transformers)] = dtype
         model = transformers.AutoModel.from_pretrained(str(folder), **load_kwargs)
         tower = getattr(model, tower_attribute) if tower_attribute else model
         vision_config = getattr(model.config, "vision_config", None) if tower_attribute else model.config

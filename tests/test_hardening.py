@@ -1,0 +1,143 @@
+"""Bad inputs end in one clear error (CLI: one line, exit status 2), never a traceback or wrong numbers."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from hovle import CheckpointError, HoVLEModel
+from hovle.checkpoint import INDEX_NAME, WEIGHTS_NAME
+from hovle.cli import main
+
+from .conftest import PARITY, build_chat_folder
+
+
+@pytest.fixture(scope="module")
+def chat_folder(tmp_path_factory):
+    return build_chat_folder(tmp_path_factory.mktemp("hardening-chat"))
+
+
+def fresh_copy(source, tmp_path, name="model"):
+    folder = tmp_path / name
+    shutil.copytree(source, folder)
+    return folder
+
+
+def one_line_error(capsys, argv, *needles):
+    """Run the CLI, expect exit status 2 and a one-line error naming every needle."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and "Traceback" not in "\n".join(err)
+    last = err[-1]
+    assert last.startswith(f"hovle {argv[0]}: error: "), last
+    for needle in needles:
+        assert needle in last, (needle, last)
+    return last
+
+
+# ---------------------------------------------------------------- 1. damaged weight files
+
+
+def damage(file, how):
+    data = file.read_bytes()
+    file.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a safetensors file" * 3,
+                      "empty": b""}[how])
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])
+def test_damaged_safetensors_is_refused_everywhere(chat_folder, tmp_path, capsys, how):
+    folder = fresh_copy(chat_folder, tmp_path)
+    damage(folder / WEIGHTS_NAME, how)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is not a readable safetensors file"):
+        HoVLEModel.from_pretrained(folder)
+    one_line_error(capsys, ["info", str(folder)], "model.safetensors", "damaged")
+    one_line_error(capsys, ["chat", str(folder), "Q"], "model.safetensors", "damaged")
+
+
+def sharded_copy(tmp_path):
+    folder = tmp_path / "sharded"
+    HoVLEModel.from_pretrained(PARITY).save_pretrained(folder, max_shard_size="300KB")
+    return folder
+
+
+@pytest.mark.parametrize("weight_map,needle", [
+    ("{not json", "is not a JSON object with a weight_map"),
+    ('["a list"]', "is not a JSON object with a weight_map"),
+    ('{"weight_map": {}}', "has no weight_map"),
+    ('{"weight_map": {"a": "../x.safetensors"}}', "not plain file names in its folder: ../x.safetensors"),
+    ('{"weight_map": {"a": "/etc/passwd"}}', "not plain file names in its folder: /etc/passwd"),
+    ('{"weight_map": {"a": "sub/x.safetensors"}}', "not plain file names in its folder: sub/x.safetensors"),
+    ('{"weight_map": {"a": 3}}', "not plain file names in its folder: 3"),
+])
+def test_malformed_index_is_refused(tmp_path, capsys, weight_map, needle):
+    folder = sharded_copy(tmp_path)
+    (folder / INDEX_NAME).write_text(weight_map)
+    with pytest.raises(CheckpointError, match=__import__("re").escape(needle)):
+        HoVLEModel.from_pretrained(folder)
+    one_line_error(capsys, ["info", str(folder)], INDEX_NAME)
+
+
+def test_index_pointing_outside_is_refused_in_chat(chat_folder, tmp_path, capsys):
+    folder = fresh_copy(chat_folder, tmp_path)
+    outside = tmp_path / "elsewhere.safetensors"
+    (folder / WEIGHTS_NAME).rename(outside)
+    weight_map = {"weight_map": {"x": "../elsewhere.safetensors"}}
+    (folder / INDEX_NAME).write_text(json.dumps(weight_map))
+    one_line_error(capsys, ["chat", str(folder), "Q"], "../elsewhere.safetensors")
+
+
+# ---------------------------------------------------------------- 8. atomic save_pretrained
+
+
+def test_save_pretrained_crash_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    from hovle import tensor_files
+
+    folder = tmp_path / "ckpt"
+    old = HoVLEModel.from_pretrained(PARITY)
+    old.save_pretrained(folder, max_shard_size="300KB")
+    (folder / "tokenizer.model").write_bytes(b"kept")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    new = HoVLEModel.from_pretrained(PARITY)
+    with torch.no_grad():
+        for p in new.parameters():
+            p.add_(1.0)
+    calls, crash_at = [], [1]
+    real_save = tensor_files.save_file
+
+    def crashing_save(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == crash_at[0]:
+            raise OSError("disk full")
+        real_save(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(tensor_files, "save_file", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        new.save_pretrained(folder)  # one file: the crash comes on its write
+    calls.clear()
+    crash_at[0] = 3
+    with pytest.raises(OSError, match="disk full"):
+        new.save_pretrained(folder, max_shard_size="300KB")  # sharded: after two shards are written
+    assert len(calls) == 3
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # nothing half-written left beside it
+    ids = torch.tensor([[1, 5, 6, 7]])
+    assert torch.equal(HoVLEModel.from_pretrained(folder)(ids).logits, old(ids).logits)
+
+    monkeypatch.setattr(tensor_files, "save_file", real_save)
+    new.save_pretrained(folder)
+    assert (folder / "tokenizer.model").read_bytes() == b"kept"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", WEIGHTS_NAME, "tokenizer.model"]
+    assert torch.equal(HoVLEModel.from_pretrained(folder)(ids).logits, new(ids).logits)
+
+
+def test_save_interrupted_between_renames_is_recovered(tmp_path):
+    model = HoVLEModel.from_pretrained(PARITY)
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    previous = tmp_path / ".ckpt.previous"
+    os.replace(folder, previous)  # where a crash between the two renames leaves things
+    with pytest.raises(FileNotFoundError, match="interrupted save left the previous checkpoint"):
+        HoVLEModel.from_pretrained(folder)
+    model.save_pretrained(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
