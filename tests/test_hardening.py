@@ -2,12 +2,13 @@
 
 import json
 import os
+import re
 import shutil
 
 import pytest
 import torch
 
-from hovle import CheckpointError, HoVLEModel
+from hovle import CheckpointError, ConfigError, EmbeddingConfig, HoVLEConfig, HoVLEModel, LLMConfig
 from hovle.checkpoint import INDEX_NAME, WEIGHTS_NAME
 from hovle.cli import main
 
@@ -74,7 +75,7 @@ def sharded_copy(tmp_path):
 def test_malformed_index_is_refused(tmp_path, capsys, weight_map, needle):
     folder = sharded_copy(tmp_path)
     (folder / INDEX_NAME).write_text(weight_map)
-    with pytest.raises(CheckpointError, match=__import__("re").escape(needle)):
+    with pytest.raises(CheckpointError, match=re.escape(needle)):
         HoVLEModel.from_pretrained(folder)
     one_line_error(capsys, ["info", str(folder)], INDEX_NAME)
 
@@ -141,3 +142,56 @@ def test_save_interrupted_between_renames_is_recovered(tmp_path):
         HoVLEModel.from_pretrained(folder)
     model.save_pretrained(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+# ---------------------------------------------------------------- 2. config fields
+
+
+def edited_config(tmp_path, edit):
+    folder = fresh_copy(PARITY, tmp_path)
+    data = json.loads((folder / "config.json").read_text())
+    edit(data)
+    (folder / "config.json").write_text(json.dumps(data))
+    return folder
+
+
+@pytest.mark.parametrize("section,field", [
+    (None, "ps_version"), (None, "template"), (None, "use_thumbnail"), (None, "downsample_ratio"),
+    (None, "dynamic_image_size"), ("embedding_config", "pixel_shuffle_loc"), ("embedding_config", "rope_theta"),
+    ("embedding_config", "downsample_ratio"), ("llm_config", "rope_theta"), ("llm_config", "bias"),
+    ("llm_config", "rms_norm_eps"),
+])
+def test_config_lacking_a_field_that_changes_the_computation_is_refused(tmp_path, capsys, section, field):
+    folder = edited_config(tmp_path, lambda d: (d[section] if section else d).pop(field))
+    name = f"{section}.{field}" if section else field
+    with pytest.raises(ConfigError, match=f"lacks {name}:"):
+        HoVLEConfig.from_pretrained(folder)
+    one_line_error(capsys, ["info", str(folder)], name)
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda d: d.update(ps_version="v1"), "ps_version is 'v1'"),
+    (lambda d: d.update(template="vicuna_v1"), "template is 'vicuna_v1'"),
+    (lambda d: d.update(downsample_ratio=0.25), "differs from embedding_config.downsample_ratio"),
+    (lambda d: d.update(use_thumbnail="yes"), "use_thumbnail must be true or false"),
+    (lambda d: d.update(min_dynamic_patch=3, max_dynamic_patch=2), "1 <= min <= max"),
+    (lambda d: d["embedding_config"].update(pixel_shuffle_loc="middle"), "pixel_shuffle_loc must be"),
+    (lambda d: d.update(llm_config=[1]), "llm_config must be a JSON object"),
+])
+def test_config_value_hovle_does_not_compute_is_refused(tmp_path, edit, needle):
+    folder = edited_config(tmp_path, edit)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        HoVLEModel.from_pretrained(folder)
+
+
+def test_rope_theta_inside_rope_parameters_counts(tmp_path):
+    def move(d):
+        d["llm_config"]["rope_parameters"] = {"rope_type": "default", "rope_theta": d["llm_config"].pop("rope_theta")}
+    config = HoVLEConfig.from_pretrained(edited_config(tmp_path, move))
+    assert config.llm.rope_theta == 1e6
+
+
+def test_default_and_empty_configs_agree():
+    assert LLMConfig().to_dict() == LLMConfig.from_dict({}).to_dict()
+    assert LLMConfig().stack == LLMConfig.from_dict({}).stack
+    assert EmbeddingConfig().to_dict() == EmbeddingConfig.from_dict({}).to_dict()

@@ -18,6 +18,24 @@ from .errors import ConfigError
 
 CONFIG_NAME = "config.json"
 
+# Fields a HoVLE config.json must state: each changes what the model computes, and its absence
+# has no single meaning (the released config classes default to other values than the released
+# model's, e.g. ps_version "v1", use_thumbnail false, rope_theta 10000). Fields not listed have
+# one documented default that hovle shares, or a wrong value is caught by the tensor shapes.
+REQUIRED_FIELDS = ("downsample_ratio", "template", "ps_version", "use_thumbnail", "dynamic_image_size")
+REQUIRED_EMBEDDING_FIELDS = (
+    "pixel_shuffle_loc", "downsample_ratio", "rope_theta", "rms_norm_eps", "img_context_token_id",
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "patch_size", "image_size",
+)
+REQUIRED_LLM_FIELDS = (
+    "architectures", "rope_theta", "rms_norm_eps", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "max_position_embeddings",
+)
+# InternLM2's q/k/v/o bias switch: InternLM2Config defaults to true, the released LLM has none.
+REQUIRED_INTERNLM2_FIELDS = ("bias",)
+# What hovle computes of the released code's alternatives.
+PS_VERSIONS = ("v2",)
+
 # LLM architectures whose decoder layer is a Llama layer under some naming (HOVLE_SPEC 2.1).
 SUPPORTED_LLM_ARCHITECTURES = ("InternLM2ForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM")
 
@@ -29,9 +47,12 @@ class _Section:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
+        """The section from a JSON object; absent keys take the same defaults as ``cls()``."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__} needs a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in data.items() if k in known}
-        extra = {k: v for k, v in data.items() if k not in known}
+        extra = {**cls().extra, **{k: v for k, v in data.items() if k not in known}}
         return cls(**kwargs, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,6 +260,23 @@ class LLMConfig(_Section):
         return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_required(data: dict, keys: tuple[str, ...], prefix: str, rope_parameters: bool = False) -> None:
+    present = set(data)
+    if rope_parameters and isinstance(data.get("rope_parameters"), dict) and "rope_theta" in data["rope_parameters"]:
+        present.add("rope_theta")  # transformers 5 writes it inside rope_parameters
+    missing = [prefix + key for key in keys if key not in present]
+    if missing:
+        raise ConfigError(
+            f"config.json lacks {', '.join(missing)}: {'it changes' if len(missing) == 1 else 'they change'} what the "
+            f"model computes and hovle does not guess; add {'it' if len(missing) == 1 else 'them'} with the values "
+            f"the weights were trained with"
+        )
+
+
 @dataclass
 class HoVLEConfig(_Section):
     """A whole HoVLE model: the embedding module, the LLM and the image/prompt settings.
@@ -268,7 +306,31 @@ class HoVLEConfig(_Section):
             raise ConfigError(f"model_type is {self.model_type!r}; a HoVLE config has model_type 'internvl_chat'")
         if self.select_layer != -1:
             raise ConfigError(f"select_layer={self.select_layer}: HoVLE feeds the module's last layer to the LLM (-1)")
+        if self.ps_version not in PS_VERSIONS:
+            raise ConfigError(
+                f"ps_version is {self.ps_version!r}; hovle computes the released HoVLE's pixel shuffle "
+                f"({', '.join(PS_VERSIONS)}) only"
+            )
+        from .processing.prompts import TEMPLATES  # here: the processing package imports this module
+
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"template is {self.template!r}; hovle knows the chat templates {', '.join(sorted(TEMPLATES))}")
+        for name in ("use_thumbnail", "dynamic_image_size", "normalize_encoder_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, not {getattr(self, name)!r}")
+        low, high = self.min_dynamic_patch, self.max_dynamic_patch
+        if not (_is_int(low) and _is_int(high) and 1 <= low <= high):
+            raise ConfigError(f"min_dynamic_patch ({low!r}) and max_dynamic_patch ({high!r}) must be integers with 1 <= min <= max")
         emb, llm = self.embedding, self.llm
+        if not math.isclose(self.downsample_ratio, emb.downsample_ratio):
+            raise ConfigError(
+                f"downsample_ratio ({self.downsample_ratio}) differs from embedding_config.downsample_ratio "
+                f"({emb.downsample_ratio})"
+            )
+        if self.force_image_size is not None and self.force_image_size != emb.image_size:
+            raise ConfigError(
+                f"force_image_size ({self.force_image_size}) differs from embedding_config.image_size ({emb.image_size})"
+            )
         if emb.llm_hidden_size != llm.hidden_size:
             raise ConfigError(
                 f"embedding_config.llm_hidden_size ({emb.llm_hidden_size}) != llm_config.hidden_size ({llm.hidden_size})"
@@ -290,6 +352,14 @@ class HoVLEConfig(_Section):
             raise ConfigError(f"not a HoVLE config: {what} (HoVLE has a holistic embedding_config)")
         if "llm_config" not in data:
             raise ConfigError("not a HoVLE config: no llm_config")
+        for section in ("embedding_config", "llm_config"):
+            if not isinstance(data[section], dict):
+                raise ConfigError(f"{section} must be a JSON object")
+        architectures = data["llm_config"].get("architectures") or [None]
+        llm_required = REQUIRED_LLM_FIELDS + (REQUIRED_INTERNLM2_FIELDS if architectures[0] == "InternLM2ForCausalLM" else ())
+        _check_required(data, REQUIRED_FIELDS, "")
+        _check_required(data["embedding_config"], REQUIRED_EMBEDDING_FIELDS, "embedding_config.")
+        _check_required(data["llm_config"], llm_required, "llm_config.", rope_parameters=True)
         embedding = EmbeddingConfig.from_dict(data.pop("embedding_config"))
         llm = LLMConfig.from_dict(data.pop("llm_config"))
         known = {f.name for f in fields(cls)} - {"extra", "embedding", "llm"}

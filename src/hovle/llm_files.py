@@ -35,7 +35,8 @@ _TRANSFORMERS_DEFAULTS = {
     "Qwen2ForCausalLM": dict(rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=32768,
                              tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None),
     "InternLM2ForCausalLM": dict(rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=2048,
-                                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+                                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                                 bias=True),
 }
 # Buffers some older checkpoints store although they are computed, not learned.
 _COMPUTED_KEYS = re.compile(r"\.rotary_emb\.inv_freq$")
