@@ -11,8 +11,9 @@ import torch
 from hovle import CheckpointError, ConfigError, EmbeddingConfig, HoVLEConfig, HoVLEModel, LLMConfig
 from hovle.checkpoint import INDEX_NAME, WEIGHTS_NAME
 from hovle.cli import main
+from hovle.errors import ContextLengthError, SettingsError
 
-from .conftest import PARITY, build_chat_folder
+from .conftest import IMG_CONTEXT, PARITY, build_chat_folder, pixels, prompt, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +196,46 @@ def test_default_and_empty_configs_agree():
     assert LLMConfig().to_dict() == LLMConfig.from_dict({}).to_dict()
     assert LLMConfig().stack == LLMConfig.from_dict({}).stack
     assert EmbeddingConfig().to_dict() == EmbeddingConfig.from_dict({}).to_dict()
+
+
+# ---------------------------------------------------------------- 3. max_new_tokens
+
+
+def test_max_new_tokens_is_clamped_to_the_context(monkeypatch):
+    from hovle import generation
+
+    model = tiny_model(seed=3)
+    model.config.llm.max_position_embeddings = 40
+    reserves = []
+    real_cache = generation.KVCache
+
+    def recording_cache(reserve):
+        reserves.append(reserve)
+        return real_cache(reserve)
+
+    monkeypatch.setattr(generation, "KVCache", recording_cache)
+    ids = torch.randint(3, 100, (2, 30), generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match="at most 10 new tokens"):
+        out = model.generate(ids, max_new_tokens=10**9)
+    assert out.shape == (2, 10) and reserves == [10, 10]
+    with pytest.raises(ContextLengthError, match="no room for an answer"):
+        model.generate(torch.randint(3, 100, (1, 40)), max_new_tokens=5)
+
+
+def test_post_mode_clamps_to_the_embedding_modules_context():
+    model = tiny_model(seed=4, mode="post")
+    model.config.embedding.max_position_embeddings = 60
+    tokens_per_tile = model.config.tokens_per_tile  # 4 in the tiny config: 16 patches each
+    ids = torch.tensor([prompt([5, 6], 2, [7, 8])])  # 1 + 2 + (2 + 8) + 2 = 15 ids, 8 image tokens
+    assert (ids == IMG_CONTEXT).sum() == 2 * tokens_per_tile
+    module_length = ids.shape[1] + 8 * (model.config.embedding.shuffle_factor - 1)  # 15 + 24 = 39
+    with pytest.warns(UserWarning, match=f"at most {60 - module_length} new tokens"):
+        out = model.generate(ids, pixels(2, 0), max_new_tokens=100)
+    assert out.shape[1] == 60 - module_length
+
+
+@pytest.mark.parametrize("value", [True, 2.5, "8", None])
+def test_max_new_tokens_must_be_an_integer(value):
+    model = tiny_model(seed=3)
+    with pytest.raises(SettingsError, match="max_new_tokens must be an integer"):
+        model.generate(torch.tensor([[1, 5, 6]]), max_new_tokens=value)

@@ -10,9 +10,10 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from .errors import SettingsError
 from .generation import stream_tokens
 from .processing.processor import HoVLEProcessor
-from .processing.prompts import with_image_placeholders
+from .processing.prompts import PromptError, with_image_placeholders
 from .processing.tokenizer import StreamDecoder
 
 _GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "eos_token_id",
@@ -32,10 +33,10 @@ def generation_kwargs(generation_config: dict | None, end_of_turn_id: int) -> di
     """
     config = dict(generation_config or {})
     if config.pop("num_beams", 1) != 1:
-        raise ValueError("beam search is not supported: use num_beams=1 (greedy) or do_sample=True")
+        raise SettingsError("beam search is not supported: use num_beams=1 (greedy) or do_sample=True")
     unknown = sorted(set(config) - set(_GENERATION_KEYS))
     if unknown:
-        raise ValueError(f"unsupported generation_config keys {unknown}; supported: {', '.join(_GENERATION_KEYS)}")
+        raise SettingsError(f"unsupported generation_config keys {unknown}; supported: {', '.join(_GENERATION_KEYS)}")
     extra = config.pop("eos_token_id", None)
     extra = [] if extra is None else ([extra] if isinstance(extra, int) else list(extra))
     config["eos_token_id"] = [end_of_turn_id, *[e for e in extra if e != end_of_turn_id]]
@@ -49,7 +50,7 @@ def _patches(pixel_values, num_patches_list) -> list[int]:
     num_patches_list = [int(n) for n in num_patches_list]
     tiles = 0 if pixel_values is None else pixel_values.shape[0]
     if sum(num_patches_list) != tiles:
-        raise ValueError(f"num_patches_list sums to {sum(num_patches_list)} tiles but pixel_values holds {tiles}")
+        raise PromptError(f"num_patches_list sums to {sum(num_patches_list)} tiles but pixel_values holds {tiles}")
     return num_patches_list
 
 
@@ -99,15 +100,15 @@ def batch_chat(
     """One answer per question; question ``i`` sees one image of ``num_patches_list[i]`` tiles
     (0: no image). Rows are left-padded and decoded together, in either pixel-shuffle mode."""
     if history is not None or return_history:
-        raise ValueError("batch_chat answers single-turn questions; use chat() for a conversation")
+        raise PromptError("batch_chat answers single-turn questions; use chat() for a conversation")
     processor = as_processor(model, tokenizer_or_processor)
     questions = list(questions)
     if num_patches_list is None:
         if pixel_values is not None:
-            raise ValueError("batch_chat needs num_patches_list (tiles per question) with pixel_values")
+            raise PromptError("batch_chat needs num_patches_list (tiles per question) with pixel_values")
         num_patches_list = [0] * len(questions)
     if len(num_patches_list) != len(questions):
-        raise ValueError(f"{len(questions)} questions but num_patches_list has {len(num_patches_list)} entries")
+        raise PromptError(f"{len(questions)} questions but num_patches_list has {len(num_patches_list)} entries")
     _patches(pixel_values, num_patches_list)
     prompts = [processor.render_prompt(q, None, [n] if n else []) for q, n in zip(questions, num_patches_list)]
     input_ids, attention_mask = processor.tokenize(prompts)

@@ -21,3 +21,11 @@ class CheckpointError(HoVLEError, ValueError):
 class ConfigError(HoVLEError, ValueError):
     """A config that is not a HoVLE config, lacks a field, or asks for something hovle does not compute."""
 
+
+
+class ContextLengthError(HoVLEError, ValueError):
+    """A prompt longer than the model's context."""
+
+
+class SettingsError(HoVLEError, ValueError):
+    """A setting outside what it allows: a generation option, a recipe value, a limit."""

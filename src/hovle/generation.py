@@ -6,23 +6,70 @@ sequences differ in length. A decode step runs one token through both stacks.
 
 from __future__ import annotations
 
+import operator
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
 
+from .errors import ContextLengthError, SettingsError
 from .model.layers import KVCache
 
 
-def _check_sampling(max_new_tokens, do_sample, temperature, top_p, top_k) -> None:
+def _whole_number(value, name: str) -> int:
+    if isinstance(value, bool):
+        raise SettingsError(f"{name} must be an integer, not {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise SettingsError(f"{name} must be an integer, not {value!r}") from None
+
+
+def _check_sampling(max_new_tokens, do_sample, temperature, top_p, top_k) -> int:
+    max_new_tokens = _whole_number(max_new_tokens, "max_new_tokens")
     if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        raise SettingsError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if do_sample:
         if not temperature > 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+            raise SettingsError(f"temperature must be > 0 when sampling, got {temperature}")
         if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
+            raise SettingsError(f"top_p must be in (0, 1], got {top_p}")
+        if _whole_number(top_k, "top_k") < 0:
+            raise SettingsError(f"top_k must be >= 0 (0 disables it), got {top_k}")
+    return max_new_tokens
+
+
+def context_room(config, input_ids: torch.Tensor) -> int:
+    """How many tokens can follow ``input_ids`` (left-padded rows) within both stacks' contexts.
+
+    The LLM holds the padded prompt plus the new tokens; in "post" mode the embedding module also
+    holds every image patch of the longest row (``shuffle_factor`` positions per image token).
+    """
+    width = input_ids.shape[1]
+    room = config.llm.max_position_embeddings - width
+    emb = config.embedding
+    if emb.pixel_shuffle_loc == "post":
+        images = int((input_ids == config.img_context_token_id).sum(1).max()) if input_ids.numel() else 0
+        room = min(room, emb.max_position_embeddings - width - images * (emb.shuffle_factor - 1))
+    return room
+
+
+def clamp_new_tokens(config, input_ids: torch.Tensor, max_new_tokens: int) -> int:
+    """``max_new_tokens`` cut to what the context can still hold, with a warning when it is cut."""
+    room = context_room(config, input_ids)
+    if room < 1:
+        raise ContextLengthError(
+            f"the prompt fills the model's context ({input_ids.shape[1]} positions): no room for an answer; "
+            f"use fewer tiles or a shorter text"
+        )
+    if max_new_tokens > room:
+        warnings.warn(
+            f"max_new_tokens={max_new_tokens} does not fit the context after this {input_ids.shape[1]}-token "
+            f"prompt: at most {room} new tokens will be generated",
+            stacklevel=3,
+        )
+        return room
+    return max_new_tokens
 
 
 def next_token(
@@ -69,12 +116,15 @@ def stream_tokens(
 
     Rows that produced an end token keep yielding ``pad_token_id`` (default: the first end
     token) until every row has finished or ``max_new_tokens`` steps have been taken.
+    ``max_new_tokens`` beyond what the context can hold after the prompt is cut to fit (with a
+    warning), and the KV caches are sized to what is actually generated.
     """
-    _check_sampling(max_new_tokens, do_sample, temperature, top_p, top_k)
+    max_new_tokens = _check_sampling(max_new_tokens, do_sample, temperature, top_p, top_k)
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
     if max_new_tokens == 0:
         return
+    max_new_tokens = clamp_new_tokens(model.config, input_ids, max_new_tokens)
     device = model.device
     input_ids = input_ids.to(device)
     if attention_mask is not None:

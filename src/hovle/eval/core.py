@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..errors import HoVLEError
 from ..processing.prompts import IMAGE_PLACEHOLDER, PromptError
 
 
-class EvalDataError(ValueError):
+class EvalDataError(HoVLEError, ValueError):
     """Benchmark data or an answer file that cannot be read as the benchmark distributes it."""
 
 

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import HoVLEError
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -67,7 +69,7 @@ _ORIENTATION_TAG = 0x0112
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
-class ImageError(ValueError):
+class ImageError(HoVLEError, ValueError):
     """An image that cannot be used: missing, unreadable, truncated, too large, empty or malformed."""
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import HoVLEConfig
+from ..errors import ContextLengthError
 from .images import image_to_pixel_values
 from .prompts import DEFAULT_SYSTEM_MESSAGE, IMG_CONTEXT_TOKEN, get_template, render_prompt
 from .tokenizer import TokenizerError, load_tokenizer
@@ -18,10 +19,6 @@ from .tokenizer import TokenizerError, load_tokenizer
 # (absent: the released model's, InternVL's system message and no prefix).
 SYSTEM_MESSAGE_KEY = "system_message"
 REPLY_PREFIX_KEY = "reply_prefix"
-
-
-class ContextLengthError(ValueError):
-    """A prompt longer than the model's context."""
 
 
 @dataclass

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..errors import HoVLEError
+
 IMAGE_PLACEHOLDER = "<image>"
 IMG_START_TOKEN = "<img>"
 IMG_END_TOKEN = "</img>"
@@ -21,7 +23,7 @@ DEFAULT_SYSTEM_MESSAGE = (
 )
 
 
-class PromptError(ValueError):
+class PromptError(HoVLEError, ValueError):
     """A prompt whose image placeholders do not match the images given."""
 
 

@@ -63,6 +63,8 @@ from typing import Any, Iterable, Sequence, Union
 
 import sentencepiece as spm
 
+from ..errors import HoVLEError
+
 __all__ = [
     "SentencePieceTokenizer",
     "StreamDecoder",
@@ -105,7 +107,7 @@ _INTERNLM2_CLASSES = ("InternLM2Tokenizer", "InternLM2TokenizerFast")
 IdsLike = Union[Sequence[int], Any]  # list of ints, or a 1-D tensor / array
 
 
-class TokenizerError(ValueError):
+class TokenizerError(HoVLEError, ValueError):
     """A tokenizer folder that cannot be loaded, or an input a tokenizer cannot take."""
 
 
