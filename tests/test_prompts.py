@@ -93,8 +93,8 @@ def test_placeholder_count_errors_say_which():
         render_prompt("<image> what?")
 
 
-def test_typed_image_tokens_are_refused():
-    with pytest.raises(PromptError, match="contains '<IMG_CONTEXT>'"):
-        render_prompt("look: <IMG_CONTEXT>")
-    with pytest.raises(PromptError, match="contains '</img>'"):
-        render_prompt("next", history=[("q", "an </img> answer")])
+def test_typed_image_tokens_are_text():
+    prompt = render_prompt("look: <IMG_CONTEXT>", history=[("q", "an </img> answer")])
+    assert ("look: <IMG_CONTEXT>", False) in prompt.spans
+    assert ("an </img> answer", False) in prompt.spans
+    assert not any(markup and "IMG" in text for text, markup in prompt.spans)

@@ -317,6 +317,57 @@ def test_stream_decoder_matches_decode_for_random_text(variants, data):
         assert tok.decode(ids) == expected
 
 
+_WORDS = [*"ab nrvts'.,?!\n\t", "é", "漢", "🦀", " n't", "user", "assistant"]
+_TYPED_SPECIALS = ["<|im_end|>", "<|im_start|>system\n", "<s>", "</s>", "<img>", "<IMG_CONTEXT>", "<quad>", "<unk>"]
+
+
+def _spans(data, texts):
+    """Markup (a chat template's pieces) alternating with drawn plain text."""
+    markup = ["<|im_start|>system\n", "<|im_end|><|im_start|>user\n", "<img><IMG_CONTEXT></img>", "<|im_end|>",
+              "<|im_start|>assistant\n"]
+    spans = []
+    for _ in range(data.draw(st.integers(1, 4))):
+        spans.append((data.draw(st.sampled_from(markup)), True))
+        spans.append(("".join(data.draw(st.lists(st.sampled_from(texts), max_size=8))), False))
+    return spans
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_encode_spans_equals_encode_without_typed_specials(variants, data):
+    tok = variants[data.draw(st.sampled_from(sorted(variants)))]
+    spans = _spans(data, _WORDS)
+    for bos in (True, False):
+        assert tok.encode_spans(spans, bos) == tok.encode("".join(t for t, _ in spans), bos)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_typed_special_tokens_stay_text(variants, data):
+    tok = variants[data.draw(st.sampled_from(sorted(variants)))]
+    spans = _spans(data, _WORDS + _TYPED_SPECIALS)
+    markup_only = tok.encode_spans([(t, True) for t, m in spans if m], False)
+    ids = tok.encode_spans(spans, False)
+    specials = set(tok.special_tokens.values()) | {tok.bos_token_id, tok.eos_token_id, tok.unk_token_id}
+    assert [i for i in ids if i in specials] == [i for i in markup_only if i in specials]
+    # The typed text comes back as typed (the cleanup aside) between the markup tokens.
+    kept = tok.decode(ids, skip_special_tokens=False)
+    for text, markup in spans:
+        if not markup and text.strip() and not any(c in text for c in "'.,?!\t\n ") and "<unk>" not in text:
+            assert text in kept
+
+
+def test_typed_special_tokens_in_a_transformers_tokenizer(hf_folder):
+    tok = load_tokenizer(hf_folder)
+    im_start, im_end = tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    spans = [("<|im_start|>user\n", True), ("hi <|im_end|> <s> there", False), ("<|im_end|>", True)]
+    ids = tok.encode_spans(spans)
+    assert ids.count(im_end) == 1 and ids.count(im_start) == 1 and ids.count(tok.bos_token_id) == ids[:1].count(tok.bos_token_id)
+    assert "hi <|im_end|> <s> there" in tok.decode(ids, skip_special_tokens=True)
+    plain = [("<|im_start|>user\n", True), ("hi there", False), ("<|im_end|>", True)]
+    assert tok.encode_spans(plain) == tok.encode("<|im_start|>user\nhi there<|im_end|>")
+
+
 def test_stream_holds_back_split_multibyte_characters(tok, sp):
     text = "crab 🦀, ü and 漢字!"
     ids = tok.encode(text)

@@ -136,8 +136,12 @@ class HoVLEProcessor:
         return self.pad([self.encode_prompt(p) for p in prompts])
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        """The ids of one rendered prompt; raises ``ContextLengthError`` when it does not fit."""
-        ids = self.tokenizer.encode(prompt)
+        """The ids of one rendered prompt; raises ``ContextLengthError`` when it does not fit.
+
+        A :class:`Prompt` from ``render_prompt`` keeps what was typed as text: special-token
+        strings in it are not tokens. Any other string is tokenized as it stands."""
+        spans = getattr(prompt, "spans", None)
+        ids = self.tokenizer.encode_spans(spans) if spans is not None else self.tokenizer.encode(prompt)
         self._check_length(ids)
         return ids
 

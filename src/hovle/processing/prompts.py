@@ -1,13 +1,20 @@
 """Chat templates and image placeholders: the exact prompt strings the model was trained on.
 
-The released model uses InternVL's ``internlm2-chat`` template (HOVLE_SPEC 2.5). Its turns are
-joined with no newline between ``<|im_end|>`` and the next ``<|im_start|>``; one character off
-here silently costs accuracy, so the tests compare rendered strings with the released ones.
+The released model uses InternVL's ``internlm2-chat`` template (docs/model.md, "Prompts"). Its
+turns are joined with no newline between ``<|im_end|>`` and the next ``<|im_start|>``; one
+character off here silently costs accuracy, so the tests compare rendered strings with the
+released ones.
+
+A rendered prompt is a :class:`Prompt`: a string that also knows which of its parts are chat
+markup (role tags, end-of-turn tokens, image tokens) and which are text someone wrote (system
+message, questions, answers). Only markup becomes special tokens: a user who types
+``<|im_end|>`` or ``<s>`` gets those characters as text, and ``<image>`` is expanded only in
+questions, never in a system message or an answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import HoVLEError
@@ -27,6 +34,22 @@ class PromptError(HoVLEError, ValueError):
     """A prompt whose image placeholders do not match the images given."""
 
 
+class Prompt(str):
+    """A rendered prompt: the string, and its parts as ``spans`` of (text, is_markup).
+
+    Tokenizers' ``encode_spans`` turn special-token strings into tokens in markup spans only.
+    String operations on a ``Prompt`` give a plain ``str``, which tokenizes as all markup.
+    """
+
+    spans: tuple[tuple[str, bool], ...]
+
+    def __new__(cls, spans):
+        spans = tuple((text, bool(markup)) for text, markup in spans if text)
+        prompt = super().__new__(cls, "".join(text for text, _ in spans))
+        prompt.spans = spans
+        return prompt
+
+
 @dataclass(frozen=True)
 class ChatTemplate:
     name: str
@@ -35,17 +58,31 @@ class ChatTemplate:
     assistant: str
     end_of_turn: str
 
-    def render(self, turns: Sequence[tuple[str, str | None]], system_message: str, reply_prefix: str = "") -> str:
+    def render(
+        self,
+        turns: Sequence[tuple[str, str | None]],
+        system_message: str,
+        reply_prefix: str = "",
+        question_spans: Callable[[str], list[tuple[str, bool]]] | None = None,
+    ) -> Prompt:
         """``turns`` are (question, answer) pairs; an answer of None (or "") opens the assistant turn.
 
         An empty message leaves its role open, as the released (MPT-style) template does. Answers
-        are written after ``reply_prefix`` (see ``Recipe.reply_prefix``).
+        are written after ``reply_prefix`` (see ``Recipe.reply_prefix``). ``question_spans``
+        turns a question into spans (e.g. with its ``<image>`` tags expanded); by default the
+        question is plain text.
         """
-        out = self.system.format(system_message=system_message) + self.end_of_turn
+        as_spans = question_spans or (lambda question: [(question, False)])
+        before, after = self.system.split("{system_message}")
+        spans = [(before, True), (system_message, False), (after + self.end_of_turn, True)]
         for question, answer in turns:
-            out += self.user + question + self.end_of_turn if question else self.user
-            out += self.assistant + reply_prefix + answer + self.end_of_turn if answer else self.assistant
-        return out
+            spans.append((self.user, True))
+            if question:
+                spans += [*as_spans(question), (self.end_of_turn, True)]
+            spans.append((self.assistant, True))
+            if answer:
+                spans += [(reply_prefix + answer, False), (self.end_of_turn, True)]
+        return Prompt(spans)
 
 
 TEMPLATES = {
@@ -89,12 +126,27 @@ def render_prompt(
     num_patches_list = list(num_patches_list or [])
     history = list(history or [])
     question = with_image_placeholders(question, history, len(num_patches_list))
-    _check_no_image_tokens([text for turn in history for text in turn] + [question])
     _check_placeholders([q for q, _ in history] + [question], len(num_patches_list))
-    prompt = template.render([*history, (question, None)], system_message, reply_prefix)
-    for tiles in num_patches_list:
-        prompt = prompt.replace(IMAGE_PLACEHOLDER, image_tokens(tiles, tokens_per_tile), 1)
-    return prompt
+    return template.render([*history, (question, None)], system_message, reply_prefix,
+                           question_spans=image_expander(num_patches_list, tokens_per_tile))
+
+
+def image_expander(num_patches_list: Sequence[int], tokens_per_tile: int) -> Callable[[str], list[tuple[str, bool]]]:
+    """Spans of a text whose ``<image>`` tags become image tokens, tile counts taken in order
+    across the calls (one conversation's questions)."""
+    tiles = iter(num_patches_list)
+
+    def spans(text: str) -> list[tuple[str, bool]]:
+        pieces = text.split(IMAGE_PLACEHOLDER)
+        out = [(pieces[0], False)]
+        for piece in pieces[1:]:
+            count = next(tiles, None)
+            if count is None:
+                raise PromptError(f"more {IMAGE_PLACEHOLDER} tags than the {len(num_patches_list)} images given")
+            out += [(image_tokens(count, tokens_per_tile), True), (piece, False)]
+        return out
+
+    return spans
 
 
 def with_image_placeholders(question: str, history: Sequence, num_images: int) -> str:
@@ -103,14 +155,6 @@ def with_image_placeholders(question: str, history: Sequence, num_images: int) -
     if num_images and not history and IMAGE_PLACEHOLDER not in question:
         return (IMAGE_PLACEHOLDER + "\n") * num_images + question
     return question
-
-
-def _check_no_image_tokens(texts: Sequence[str]) -> None:
-    """Image tokens come only from ``<image>`` expansion; typed ones would break the tile count."""
-    for text in texts:
-        for token in (IMG_CONTEXT_TOKEN, IMG_START_TOKEN, IMG_END_TOKEN):
-            if token in text:
-                raise PromptError(f"the text contains {token!r}; write {IMAGE_PLACEHOLDER} where an image goes")
 
 
 def _check_placeholders(questions: Sequence[str], num_images: int) -> None:

@@ -254,6 +254,8 @@ class _Added:
 
 # kinds of ids for decoding
 _SKIP, _LEGACY, _SPECIAL, _NORMAL = range(4)
+# kinds of parts for encoding: text a user typed, text of the chat markup, a special token
+_PLAIN_TEXT, _MARKUP_TEXT, _TOKEN = range(3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -636,15 +638,27 @@ class SentencePieceTokenizer:
         (``add_eos_token``)."""
         if not isinstance(text, str):
             raise TokenizerError(f"encode takes a string, got {type(text).__name__}")
+        return self.encode_spans([(text, True)], add_special_tokens)
+
+    def encode_spans(self, spans: Sequence[tuple[str, bool]], add_special_tokens: bool = True) -> list[int]:
+        """Ids of the text ``"".join(text for text, _ in spans)`` in which only the spans marked
+        ``True`` (chat markup) may hold special tokens: in the others every character is plain
+        text, also ``<|im_end|>`` or ``<s>``. Without special-token strings in plain spans the ids
+        equal ``encode`` of the joined text."""
         ids = []
-        for part, is_token in self._split(text):
-            if is_token:
-                ids.append(self._encoder[part])
-            else:
-                encoder = self._encoder
-                for piece in self._sp.encode(part, out_type=str):
-                    index = encoder.get(piece)
-                    ids.append(index if index is not None else self._sp.piece_to_id(piece))
+        encoder, sp = self._encoder, self._sp
+        for part, kind in self._split(spans):
+            if kind == _TOKEN:
+                ids.append(encoder[part])
+                continue
+            for piece in sp.encode(part, out_type=str):
+                index = encoder.get(piece)
+                if index is None:
+                    ids.append(sp.piece_to_id(piece))
+                elif kind == _MARKUP_TEXT or self.split_special_tokens:
+                    ids.append(index)  # a user-defined piece SentencePiece matched inside markup
+                else:
+                    ids += self._spelled(piece)
         if add_special_tokens:
             if self.add_bos_token and self.bos_token_id is not None:
                 ids.insert(0, self.bos_token_id)
@@ -652,37 +666,65 @@ class SentencePieceTokenizer:
                 ids.append(self.eos_token_id)
         return ids
 
-    def _split(self, text: str) -> list[tuple[str, bool]]:
-        """transformers 4.44 ``PreTrainedTokenizer.tokenize`` before the model: split on added
-        tokens, apply their lstrip / rstrip / single_word flags, drop empty parts."""
-        if self._split_re is None or self.split_special_tokens:
-            return [(text, False)] if text else []
-        parts, start = [], 0
-        for m in self._split_re.finditer(text):
-            if m.start() > start:
-                parts.append(text[start : m.start()])
-            parts.append(m.group())
-            start = m.end()
-        if start < len(text):
-            parts.append(text[start:])
+    def _spelled(self, text: str) -> list[int]:
+        """``text`` as ordinary pieces, one character at a time (byte pieces where a character
+        has none): how a special token's string typed as text is written without the token."""
+        sp, ids = self._sp, []
+        for char in text:
+            index = self._sp_piece_id(char)
+            if index is not None and index not in self._decoder and not (sp.is_control(index) or sp.is_unknown(index)):
+                ids.append(index)
+                continue
+            for byte in char.encode("utf-8"):
+                byte_id = self._sp_piece_id(f"<0x{byte:02X}>")
+                ids.append(byte_id if byte_id is not None else sp.unk_id())
+        return ids
+
+    def _split(self, spans: Sequence[tuple[str, bool]]) -> list[tuple[str, int]]:
+        """transformers 4.44 ``PreTrainedTokenizer.tokenize`` before the model: split markup on
+        added tokens, apply their lstrip / rstrip / single_word flags, drop empty parts. Returns
+        (part, kind) with kind ``_TOKEN``, ``_MARKUP_TEXT`` or ``_PLAIN_TEXT``; neighbouring text
+        parts are joined (plain wins), as they would be in one string."""
+        raw: list[list] = []
+        for text, markup in spans:
+            if not isinstance(text, str):
+                raise TokenizerError(f"encode takes strings, got {type(text).__name__}")
+            if not markup or self._split_re is None or self.split_special_tokens:
+                raw.append([text, _MARKUP_TEXT if markup else _PLAIN_TEXT])
+                continue
+            start = 0
+            for m in self._split_re.finditer(text):
+                if m.start() > start:
+                    raw.append([text[start : m.start()], _MARKUP_TEXT])
+                raw.append([m.group(), _TOKEN])
+                start = m.end()
+            if start < len(text):
+                raw.append([text[start:], _MARKUP_TEXT])
+        parts: list[list] = []
+        for part in raw:
+            if parts and part[1] != _TOKEN and parts[-1][1] != _TOKEN:
+                parts[-1][0] += part[0]
+                parts[-1][1] = min(parts[-1][1], part[1])  # _PLAIN_TEXT < _MARKUP_TEXT
+            else:
+                parts.append(part)
         encoder, decoder = self._encoder, self._decoder
-        for i, part in enumerate(parts):
-            if part not in encoder:
+        for i, (part, kind) in enumerate(parts):
+            if kind != _TOKEN:
                 continue
             token = decoder[encoder[part]]
-            left = parts[i - 1] if i > 0 else None
-            right = parts[i + 1] if i < len(parts) - 1 else None
+            left = parts[i - 1] if i > 0 and parts[i - 1][1] != _TOKEN else None
+            right = parts[i + 1] if i < len(parts) - 1 and parts[i + 1][1] != _TOKEN else None
             if token.rstrip and right:
-                parts[i + 1] = right.lstrip()
+                right[0] = right[0].lstrip()
             if token.lstrip and left:
-                parts[i - 1] = left.rstrip()
-            if token.single_word and left and left[-1] != " ":
-                parts[i - 1] += part
-                parts[i] = ""
-            elif token.single_word and right and right[0] != " ":
-                parts[i] += right
-                parts[i + 1] = ""
-        return [(p, p in encoder) for p in parts if p]
+                left[0] = left[0].rstrip()
+            if token.single_word and left and left[0] and left[0][-1] != " ":
+                left[0] += part
+                parts[i][0] = ""
+            elif token.single_word and right and right[0] and right[0][0] != " ":
+                parts[i][:] = [part + right[0], right[1]]
+                right[0] = ""
+        return [(part, kind) for part, kind in parts if part]
 
     # ---- decoding -----------------------------------------------------------------------------
 
@@ -795,6 +837,8 @@ class TransformersTokenizer:
     def __init__(self, tokenizer: Any):
         self.hf_tokenizer = tokenizer
         self._vocab = dict(tokenizer.get_vocab())
+        self._token_re: re.Pattern | None = None
+        self._wrapping: tuple[list[int], list[int]] | None = None
 
     @classmethod
     def from_folder(cls, path: str | Path) -> "TransformersTokenizer":
@@ -861,6 +905,7 @@ class TransformersTokenizer:
         keep = next((k for k in ("replace_extra_special_tokens", "replace_additional_special_tokens") if k in parameters), None)
         tok.add_special_tokens({"additional_special_tokens": new}, **({keep: False} if keep else {}))
         self._vocab = dict(tok.get_vocab())
+        self._token_re = None
         return [self._vocab[t] for t in tokens]
 
     @property
@@ -905,6 +950,57 @@ class TransformersTokenizer:
         if not isinstance(text, str):
             raise TokenizerError(f"encode takes a string, got {type(text).__name__}")
         return list(self.hf_tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def encode_spans(self, spans: Sequence[tuple[str, bool]], add_special_tokens: bool = True) -> list[int]:
+        """Like :meth:`SentencePieceTokenizer.encode_spans`: special tokens only from markup spans.
+
+        When no plain span holds a special-token string this is ``encode`` of the joined text;
+        otherwise the text between markup tokens is encoded with ``split_special_tokens=True``.
+        """
+        for text, _ in spans:
+            if not isinstance(text, str):
+                raise TokenizerError(f"encode takes strings, got {type(text).__name__}")
+        pattern = self._special_pattern()
+        joined = "".join(text for text, _ in spans)
+        if pattern is None or not any(not markup and pattern.search(text) for text, markup in spans):
+            return self.encode(joined, add_special_tokens)
+        ids: list[int] = []
+        run = ""
+        for text, markup in spans:
+            pieces = pattern.split(text) if markup else [text]
+            for i, piece in enumerate(pieces):
+                if i % 2:  # a captured token
+                    ids += self._encode_plain(run)
+                    ids.append(self._vocab[piece])
+                    run = ""
+                else:
+                    run += piece
+        ids += self._encode_plain(run)
+        if add_special_tokens:
+            before, after = self._special_wrapping()
+            ids = before + ids + after
+        return ids
+
+    def _encode_plain(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return list(self.hf_tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+
+    def _special_pattern(self) -> re.Pattern | None:
+        """A capturing regex of every special or added token string, longest first."""
+        if self._token_re is None:
+            contents = sorted((t for t in self.special_tokens if t), key=len, reverse=True)
+            self._token_re = re.compile("(" + "|".join(map(re.escape, contents)) + ")") if contents else False
+        return self._token_re or None
+
+    def _special_wrapping(self) -> tuple[list[int], list[int]]:
+        """The ids ``add_special_tokens=True`` puts before and after a text (BOS, EOS ...)."""
+        if self._wrapping is None:
+            bare = self.encode("a", add_special_tokens=False)
+            full = self.encode("a", add_special_tokens=True)
+            at = next((i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), None)
+            self._wrapping = ([], []) if at is None else (full[:at], full[at + len(bare):])
+        return self._wrapping
 
     def decode(self, ids: IdsLike, skip_special_tokens: bool = True) -> str:
         ids = [self._check_id(i) for i in _as_id_list(ids)]

@@ -36,6 +36,7 @@ from ..processing.prompts import (
     IMG_END_TOKEN,
     IMG_START_TOKEN,
     get_template,
+    image_expander,
     image_tokens,
 )
 
@@ -233,6 +234,11 @@ class _TokenizerUser:
         """Token ids of a piece of a sample; only the sample's first piece gets BOS."""
         return self.tokenizer.encode(text, add_special_tokens=first)
 
+    def encode_spans(self, spans: Sequence[tuple[str, bool]], first: bool) -> list[int]:
+        """Like ``encode`` for (text, is_markup) spans: special tokens come from markup only, so a
+        record's text that contains ``<|im_end|>`` or ``<s>`` trains on those characters as text."""
+        return self.tokenizer.encode_spans(spans, add_special_tokens=first)
+
 
 # ---------------------------------------------------------------------------------------------
 # Stage I: distillation
@@ -393,17 +399,12 @@ class _RecordData(TrainingData):
     def _encode(self, index: int, record: dict, tiles: list[int]) -> tuple[list[int], list[int]]:
         raise NotImplementedError
 
-    def _expand(self, text: str, tiles: list[int], used: int) -> tuple[str, int]:
-        """Replace the ``<image>`` tags of ``text`` by image tokens, from image number ``used`` on."""
-        for token in (IMG_CONTEXT_TOKEN, IMG_START_TOKEN, IMG_END_TOKEN):
-            if token in text:
-                raise SkipSample("malformed_record", f"the text contains the reserved token {token}")
-        while IMAGE_PLACEHOLDER in text:
-            if used >= len(tiles):
-                raise SkipSample("image_tag_mismatch", f"more {IMAGE_PLACEHOLDER} tags than the {len(tiles)} images")
-            text = text.replace(IMAGE_PLACEHOLDER, image_tokens(tiles[used], self.tokens.config.tokens_per_tile), 1)
-            used += 1
-        return text, used
+    def _expand(self, text: str, tiles: list[int], used: int) -> tuple[list[tuple[str, bool]], int]:
+        """``text`` as spans with its ``<image>`` tags as image tokens, from image number ``used`` on."""
+        count = text.count(IMAGE_PLACEHOLDER)
+        if used + count > len(tiles):
+            raise SkipSample("image_tag_mismatch", f"more {IMAGE_PLACEHOLDER} tags than the {len(tiles)} images")
+        return image_expander(tiles[used:], self.tokens.config.tokens_per_tile)(text), used + count
 
 
 class CaptionData(_RecordData):
@@ -420,8 +421,8 @@ class CaptionData(_RecordData):
             raise SkipSample("image_tag_mismatch", f"record {index}: {tags} {IMAGE_PLACEHOLDER} tags, {len(tiles)} images")
         lead = "".join(image_tokens(t, self.tokens.config.tokens_per_tile) for t in tiles[: len(tiles) - tags])
         text, _ = self._expand(caption.strip(), tiles, len(tiles) - tags)
-        prefix = self.tokens.encode(lead, first=True) if lead else self.tokens.encode("", first=True)
-        body = self.tokens.encode(text, first=False) + [self.tokens.end_of_turn_id]
+        prefix = self.tokens.encode(lead, first=True)
+        body = self.tokens.encode_spans(text, first=False) + [self.tokens.end_of_turn_id]
         return prefix + body, [IGNORE_INDEX] * len(prefix) + body
 
 
@@ -468,7 +469,7 @@ class ConversationData(_RecordData):
 
     def _encode(self, index, record, tiles):
         pairs = self._turns(index, record)
-        tags = sum(q.count(IMAGE_PLACEHOLDER) + a.count(IMAGE_PLACEHOLDER) for q, a in pairs)
+        tags = sum(q.count(IMAGE_PLACEHOLDER) for q, _ in pairs)  # a tag in an answer is text
         if tags == 0 and tiles:
             pairs[0] = ((IMAGE_PLACEHOLDER + "\n") * len(tiles) + pairs[0][0], pairs[0][1])
         elif tags != len(tiles):
@@ -477,18 +478,21 @@ class ConversationData(_RecordData):
         ids: list[int] = []
         labels: list[int] = []
         used = 0
-        context = t.system.format(system_message=self.system_message) + t.end_of_turn
+        # The template's own rendering, cut where the loss starts: each turn's context (system
+        # message on the first) up to the assistant tag, then the reply and its end token.
+        before, after = t.system.split("{system_message}")
+        context = [(before, True), (self.system_message, False), (after + t.end_of_turn, True)]
         for question, answer in pairs:
             question, used = self._expand(question, tiles, used)
-            answer, used = self._expand(answer, tiles, used)
-            context += t.user + question + t.end_of_turn + t.assistant
-            piece = self.tokens.encode(context, first=not ids)
+            context += [(t.user, True), *question, (t.end_of_turn + t.assistant, True)]
+            piece = self.tokens.encode_spans(context, first=not ids)
             ids += piece
             labels += [IGNORE_INDEX] * len(piece)
-            reply = self.tokens.encode(self.reply_prefix + answer.strip(), first=False) + [self.tokens.end_of_turn_id]
+            reply = self.tokens.encode_spans([(self.reply_prefix + answer.strip(), False)], first=False)
+            reply.append(self.tokens.end_of_turn_id)
             ids += reply
             labels += reply
-            context = ""
+            context = []
         return ids, labels
 
 
