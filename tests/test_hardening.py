@@ -1,11 +1,14 @@
 """Bad inputs end in one clear error (CLI: one line, exit status 2), never a traceback or wrong numbers."""
 
+import io
 import json
 import os
 import re
 import shutil
+import warnings
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +16,8 @@ from hovle import CheckpointError, ConfigError, EmbeddingConfig, HoVLEConfig, Ho
 from hovle.checkpoint import INDEX_NAME, WEIGHTS_NAME
 from hovle.cli import main
 from hovle.errors import ContextLengthError, SettingsError
+from hovle.processing.images import ImageError
+from hovle.processing.prompts import PromptError
 
 from .conftest import IMG_CONTEXT, PARITY, build_chat_folder, photo, pixels, prompt, tiny_model
 
@@ -339,3 +344,98 @@ def test_training_conversations_keep_typed_tokens_as_text(chat_folder, tmp_path)
     assert ids.count(tokenizer.token_to_id("<|im_start|>")) == 5
     assert ids.count(tokenizer.bos_token_id) == 1
     assert TYPED in tokenizer.decode(ids) and "ok <|im_end|> <s>" in tokenizer.decode(ids)
+
+
+# ---------------------------------------------------------------- 6. batch_chat and in-memory images
+
+
+def png_claiming(width, height) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels, followed by no real image data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def test_batch_chat_without_questions(chat_model):
+    model, processor = chat_model
+    with pytest.raises(PromptError, match="no questions"):
+        model.batch_chat(processor, None, [], {"max_new_tokens": 2})
+
+
+def test_in_memory_images_above_the_pixel_cap_are_refused(chat_model):
+    from PIL import Image
+
+    from hovle.processing.images import load_image
+
+    model, processor = chat_model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        lazy = Image.open(io.BytesIO(png_claiming(20_000, 6_000)))  # 120 M pixels, nothing decoded yet
+    with pytest.raises(ImageError, match="120,000,000 pixels is more than max_pixels = 100,000,000"):
+        processor.process_images([lazy])
+    with pytest.raises(ImageError, match="numpy array .* 12 pixels is more than max_pixels = 10"):
+        load_image(np.zeros((3, 4, 3), dtype=np.uint8), max_pixels=10)
+    with pytest.raises(ImageError, match="PIL image .* 12 pixels is more than max_pixels = 10"):
+        load_image(Image.new("RGB", (4, 3)), max_pixels=10)
+    assert load_image(Image.new("RGB", (4, 3)), max_pixels=12).size == (4, 3)
+
+
+class EndlessStream:
+    """A non-seekable stream: ``head`` and then zeros without end; counts what was read."""
+
+    def __init__(self, head: bytes):
+        self.head, self.read_bytes = head, 0
+
+    def read(self, size=-1):
+        assert size > 0, "an endless stream must never be read whole"
+        out = (self.head + bytes(size))[:size]
+        self.head = self.head[size:]
+        self.read_bytes += len(out)
+        return out
+
+
+def test_file_objects_are_refused_from_the_header_without_reading_them_whole(chat_model):
+    from hovle.processing.images import load_image
+
+    _, processor = chat_model
+    stream = EndlessStream(png_claiming(20_000, 6_000))
+    with pytest.raises(ImageError, match="120,000,000 pixels is more than max_pixels"):
+        processor.process_images([stream])
+    assert stream.read_bytes <= 1 << 20
+    stream = EndlessStream(b"no header at all")
+    with pytest.raises(ImageError, match="still no readable image header"):
+        load_image(stream, max_pixels=1000)
+    assert stream.read_bytes <= 1000 * 8 + (2 << 20)
+    good = io.BytesIO()
+    photo(2).save(good, format="PNG")
+    good.seek(0)
+    assert load_image(good).size == photo(2).size
+
+
+# ---------------------------------------------------------------- 11. a transformers tokenizer in chat
+
+
+def test_chat_takes_a_transformers_tokenizer(tmp_path):
+    from hovle import HoVLEProcessor
+    from hovle.processing.tokenizer import TokenizerError, load_tokenizer
+
+    from .conftest import randomize, tiny_config
+    from .test_tokenizer import _transformers_folder
+
+    tok = load_tokenizer(_transformers_folder(tmp_path / "hf"))
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"])
+    config = tiny_config(vocab=len(tok), img_context=tok.token_to_id("<IMG_CONTEXT>"))
+    model = randomize(HoVLEModel(config), seed=5)
+    pixel_values, _ = HoVLEProcessor(config, tok).process_images([photo(3)])
+    gen = {"max_new_tokens": 5}
+    expected = model.chat(HoVLEProcessor(config, tok), pixel_values, "What is it?", gen)
+    assert model.chat(tok.hf_tokenizer, pixel_values, "What is it?", gen) == expected
+    assert model.batch_chat(tok.hf_tokenizer, pixel_values, ["What is it?"], gen,
+                            num_patches_list=[pixel_values.shape[0]]) == [expected]
+    with pytest.raises(TokenizerError, match="chat needs a HoVLEProcessor .* got str"):
+        model.chat("path/to/tokenizer", None, "Q", gen)

@@ -14,16 +14,28 @@ from .errors import SettingsError
 from .generation import stream_tokens
 from .processing.processor import HoVLEProcessor
 from .processing.prompts import PromptError, with_image_placeholders
-from .processing.tokenizer import StreamDecoder
+from .processing.tokenizer import SentencePieceTokenizer, StreamDecoder, TokenizerError, TransformersTokenizer
 
 _GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "eos_token_id",
                     "pad_token_id", "generator")
 
 
 def as_processor(model, tokenizer_or_processor) -> HoVLEProcessor:
-    if isinstance(tokenizer_or_processor, HoVLEProcessor):
-        return tokenizer_or_processor
-    return HoVLEProcessor(model.config, tokenizer_or_processor)
+    """A processor for the model from what a chat call was given: a ``HoVLEProcessor``, a hovle
+    tokenizer (``load_tokenizer``), or a transformers tokenizer object (as the released
+    ``model.chat(tokenizer, ...)`` takes one), which is wrapped."""
+    given = tokenizer_or_processor
+    if isinstance(given, HoVLEProcessor):
+        return given
+    if isinstance(given, (SentencePieceTokenizer, TransformersTokenizer)):
+        return HoVLEProcessor(model.config, given)
+    if callable(getattr(given, "convert_tokens_to_ids", None)) and callable(getattr(given, "get_vocab", None)):
+        return HoVLEProcessor(model.config, TransformersTokenizer(given))
+    raise TokenizerError(
+        f"chat needs a HoVLEProcessor (HoVLEProcessor.from_pretrained(model_folder)), a tokenizer from "
+        f"hovle.processing.tokenizer.load_tokenizer(model_folder), or a transformers tokenizer; got "
+        f"{type(given).__name__}"
+    )
 
 
 def generation_kwargs(generation_config: dict | None, end_of_turn_id: int) -> dict:
@@ -103,6 +115,8 @@ def batch_chat(
         raise PromptError("batch_chat answers single-turn questions; use chat() for a conversation")
     processor = as_processor(model, tokenizer_or_processor)
     questions = list(questions)
+    if not questions:
+        raise PromptError("batch_chat got no questions: pass a list of one or more")
     if num_patches_list is None:
         if pixel_values is not None:
             raise PromptError("batch_chat needs num_patches_list (tiles per question) with pixel_values")

@@ -105,8 +105,11 @@ def load_image(source: Any, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.
       ``convert("RGB")``; CMYK uses Pillow's plain formula, ICC profiles are not applied.
 
     ``max_pixels`` (default :data:`MAX_IMAGE_PIXELS`; ``None`` for no limit of ours) bounds the
-    pixel count of encoded sources (paths, bytes, file objects) and is checked from the header
-    before decoding. Images already in memory (PIL images, arrays) are not checked against it.
+    pixel count of every source. For encoded sources (paths, bytes, file objects) it is checked
+    from the header before decoding; a file object is read in chunks and refused as soon as its
+    header names too many pixels (or, where no header can be read, once it holds more bytes than
+    such an image could take), never read whole first. PIL images and arrays are checked before
+    any conversion.
 
     Raises :class:`ImageError` (a ``ValueError``) naming the source for: a missing file, a
     directory, an empty file or buffer, data that is not an image Pillow can read, a truncated or
@@ -116,9 +119,9 @@ def load_image(source: Any, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.
     """
     max_pixels = _check_max_pixels(max_pixels)
     if isinstance(source, Image.Image):
-        return _from_pil(source)
+        return _from_pil(source, max_pixels)
     if isinstance(source, np.ndarray):
-        return _from_array(source)
+        return _from_array(source, max_pixels)
     if isinstance(source, (str, os.PathLike)):
         return _from_path(source, max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -126,13 +129,7 @@ def load_image(source: Any, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.
         return _from_bytes(data, f"image data ({len(data)} bytes)", max_pixels)
     if callable(getattr(source, "read", None)):
         name = f"file object {getattr(source, 'name', type(source).__name__)!r}"
-        try:
-            data = source.read()
-        except Exception as exc:  # noqa: BLE001 - any read failure is a bad source
-            raise ImageError(f"{name}: cannot read it ({type(exc).__name__}: {exc})") from exc
-        if not isinstance(data, (bytes, bytearray)):
-            raise ImageError(f"{name}: read() returned {type(data).__name__}, expected bytes (open it in 'rb' mode)")
-        return _from_bytes(bytes(data), name, max_pixels)
+        return _from_bytes(_read_file_object(source, name, max_pixels), name, max_pixels)
     raise ImageError(
         f"cannot load an image from a {type(source).__module__}.{type(source).__qualname__}: expected a path, "
         "bytes, a binary file object, a PIL image or a numpy array"
@@ -170,6 +167,63 @@ def _from_path(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     return _open_and_decode(file, name, max_pixels)
 
 
+_READ_CHUNK = 1 << 20
+# Most bytes an encoded image of N pixels can take: 8 per pixel (16-bit RGBA, uncompressed) + 1 MiB
+# of headers and metadata.
+_BYTES_PER_PIXEL, _HEADER_SLACK = 8, 1 << 20
+
+
+def _read_file_object(source, name: str, max_pixels: int | None) -> bytes:
+    """The bytes of a file object, read in chunks; too many pixels are refused from the header."""
+    chunks: list[bytes] = []
+    total = 0
+    checked = max_pixels is None
+    while True:
+        try:
+            chunk = source.read(_READ_CHUNK)
+        except Exception as exc:  # noqa: BLE001 - any read failure is a bad source
+            raise ImageError(f"{name}: cannot read it ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(chunk, (bytes, bytearray)):
+            raise ImageError(f"{name}: read() returned {type(chunk).__name__}, expected bytes (open it in 'rb' mode)")
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(bytes(chunk))
+        total += len(chunk)
+        if not checked:
+            size = _header_size(b"".join(chunks))
+            if size is not None:
+                checked = True
+                _check_pixels(size, name, max_pixels)
+            elif total > max_pixels * _BYTES_PER_PIXEL + _HEADER_SLACK:
+                raise ImageError(
+                    f"{name}: more than {total:,} bytes and still no readable image header; refused (an image "
+                    f"of at most max_pixels = {max_pixels:,} pixels is smaller)"
+                )
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the start of an encoded image; None while the header is incomplete."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+        except Image.DecompressionBombError:
+            return (Image.MAX_IMAGE_PIXELS or 0) * 2 + 1, 1
+        except Exception:  # noqa: BLE001 - an incomplete header raises anything; decoding later says why
+            return None
+
+
+def _check_pixels(size: tuple[int, int], name: str, max_pixels: int | None, hint: str = "") -> None:
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(
+            f"{name}: {width}x{height} = {width * height:,} pixels is more than max_pixels = "
+            f"{max_pixels:,}; refused as a possible decompression bomb "
+            f"({hint or 'pass a larger max_pixels if the image is trusted'})"
+        )
+
+
 def _from_bytes(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
     if not data:
         raise ImageError(f"{name}: empty, there is no image data")
@@ -194,12 +248,7 @@ def _open_and_decode(file: Path | io.BytesIO, name: str, max_pixels: int | None)
             width, height = image.size
             if width <= 0 or height <= 0:
                 raise ImageError(f"{name}: zero-size image ({width}x{height})")
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageError(
-                    f"{name}: {width}x{height} = {width * height:,} pixels is more than max_pixels = "
-                    f"{max_pixels:,}; refused as a possible decompression bomb (pass a larger max_pixels "
-                    "if the image is trusted)"
-                )
+            _check_pixels((width, height), name, max_pixels)
             _decode(image, name)
             return _finish(image, name)
 
@@ -218,18 +267,19 @@ def _decode(image: Image.Image, name: str) -> None:
         raise ImageError(f"{name}: the image data is {kind} ({type(exc).__name__}: {message})") from exc
 
 
-def _from_pil(image: Image.Image) -> Image.Image:
+def _from_pil(image: Image.Image, max_pixels: int | None) -> Image.Image:
     filename = getattr(image, "filename", None)
     name = f"PIL image ({image.mode}, {image.size[0]}x{image.size[1]}"
     name += f", from {filename!r})" if filename else ")"
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError(f"{name}: zero-size image")
+    _check_pixels((width, height), name, max_pixels, "downscale it, or pass a larger max_pixels")
     _decode(image, name)
     return _finish(image, name)
 
 
-def _from_array(array: np.ndarray) -> Image.Image:
+def _from_array(array: np.ndarray, max_pixels: int | None) -> Image.Image:
     name = f"numpy array (shape {array.shape}, dtype {array.dtype})"
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] > 4:
         raise ImageError(f"{name}: looks channel-first; expected (H, W), (H, W, 3) or (H, W, 4), transpose it")
@@ -237,6 +287,7 @@ def _from_array(array: np.ndarray) -> Image.Image:
         raise ImageError(f"{name}: expected shape (H, W), (H, W, 3) or (H, W, 4)")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageError(f"{name}: zero-size image")
+    _check_pixels((array.shape[1], array.shape[0]), name, max_pixels, "downscale it, or pass a larger max_pixels")
     if array.dtype == np.uint8:
         pixels = np.ascontiguousarray(array)
     elif np.issubdtype(array.dtype, np.floating):
