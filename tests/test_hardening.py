@@ -439,3 +439,30 @@ def test_chat_takes_a_transformers_tokenizer(tmp_path):
                             num_patches_list=[pixel_values.shape[0]]) == [expected]
     with pytest.raises(TokenizerError, match="chat needs a HoVLEProcessor .* got str"):
         model.chat("path/to/tokenizer", None, "Q", gen)
+
+
+# ---------------------------------------------------------------- 5. the interactive chat
+
+
+def test_interactive_chat_survives_bad_lines_and_drops_old_turns(chat_folder, chat_model, tmp_path, capsys,
+                                                                 monkeypatch):
+    import builtins
+
+    model, processor = chat_model
+    image = tmp_path / "photo.png"
+    photo(4).save(image)
+    long_turn = "please tell me much more about it " * 6
+    lines = iter(["/image missing.png", "<image> <image> two?", "word " * 500, f"/image {image}", "What is it?",
+                  *[long_turn] * 8, "/exit"])
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(lines))
+    assert main(["chat", str(chat_folder), "--max-new-tokens", "12"]) == 0
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3, captured.err
+    assert "missing.png" in errors[0] and "<image> placeholders but only 0 images" in errors[1]
+    assert "context is 400 tokens" in errors[2]
+    assert "dropped the oldest turn" in captured.err
+    answers = [line.removeprefix("assistant> ") for line in captured.out.splitlines() if line.startswith("assistant> ")]
+    assert len(answers) == 9
+    pixel_values, _ = processor.process_images([image])
+    assert model.chat(processor, pixel_values, "What is it?", {"max_new_tokens": 12}) in captured.out

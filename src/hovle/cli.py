@@ -89,9 +89,9 @@ def _info(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     import torch
 
+    from .chat_session import ChatSession, run_interactive
     from .model import HoVLEModel
     from .processing.processor import HoVLEProcessor
-    from .processing.prompts import with_image_placeholders
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
@@ -99,45 +99,22 @@ def _chat(args: argparse.Namespace) -> int:
     processor = HoVLEProcessor.from_pretrained(args.model_dir, **extra)
     print(f"loading {args.model_dir} ({dtype}, {device}) ...", file=sys.stderr, flush=True)
     model = HoVLEModel.from_pretrained(args.model_dir, dtype=dtype, device=device)
-    pixel_values, patches = processor.process_images(args.image or [], args.max_tiles)
-    if patches:
-        print(f"{len(patches)} image(s): {', '.join(map(str, patches))} tile(s)", file=sys.stderr)
     generation = {
         "max_new_tokens": args.max_new_tokens,
         "do_sample": args.temperature > 0,
         "temperature": args.temperature if args.temperature > 0 else 1.0,
         "top_p": args.top_p,
     }
-
-    def answer(question: str, history: list) -> str:
-        pieces = []
-        for piece in model.stream_chat(processor, pixel_values, question, generation, history, patches):
-            print(piece, end="", flush=True)
-            pieces.append(piece)
-        print(flush=True)
-        return "".join(pieces)
-
-    if args.question is not None:
-        answer(args.question, [])
-        return 0
-    print("interactive chat: /reset clears the conversation, /exit or Ctrl-D quits", file=sys.stderr)
-    history: list = []
-    while True:
-        try:
-            question = input("user> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return 0
-        if question.strip() == "/exit":
-            return 0
-        if question.strip() == "/reset":
-            history = []
-            continue
-        if not question.strip():
-            continue
-        print("assistant> ", end="", flush=True)
-        reply = answer(question, history)
-        history.append((with_image_placeholders(question, history, len(patches)), reply))
+    session = ChatSession(model, processor, generation, images=args.image or [], max_tiles=args.max_tiles)
+    if session.pending.tiles:
+        print(f"{len(session.pending.tiles)} image(s): {', '.join(map(str, session.pending.tiles))} tile(s)",
+              file=sys.stderr)
+    if args.question is None:
+        return run_interactive(session)
+    for piece in session.ask(args.question):
+        print(piece, end="", flush=True)
+    print(flush=True)
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
