@@ -466,3 +466,35 @@ def test_interactive_chat_survives_bad_lines_and_drops_old_turns(chat_folder, ch
     assert len(answers) == 9
     pixel_values, _ = processor.process_images([image])
     assert model.chat(processor, pixel_values, "What is it?", {"max_new_tokens": 12}) in captured.out
+
+
+# ---------------------------------------------------------------- 7. training data files
+
+
+def test_header_pass_skips_images_whose_exif_pillow_chokes_on(tmp_path):
+    from PIL import Image
+
+    from hovle.training.data import ImageReader, SkipSample
+
+    Image.new("RGB", (30, 20), "red").save(tmp_path / "bad-exif.png", exif=b"garbage-not-tiff")
+    (tmp_path / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    Image.new("RGB", (30, 20), "blue").save(tmp_path / "good.png")
+    reader = ImageReader(HoVLEConfig.from_pretrained(PARITY), tmp_path)
+    assert reader.tile_count("good.png") >= 1
+    for name, kind in (("bad-exif.png", "SyntaxError"), ("garbage.png", "")):
+        with pytest.raises(SkipSample) as caught:
+            reader.tile_count(name)
+        assert caught.value.reason == "corrupt_image" and kind in str(caught.value)
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b'[{"image": "a.png",\n  "caption": oops}]', "data.json:2:14: starts like a JSON list but does not parse"),
+    (b'{"caption": "fine"}\n{"caption": "caf\xe9"}\n', "data.json:2: not UTF-8 text"),
+    (b"\n\n", "holds no records"),
+])
+def test_data_file_that_does_not_parse_stops_with_path_and_line(tmp_path, content, needle):
+    from hovle.training.data import DataError, read_records
+
+    (tmp_path / "data.json").write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(needle)):
+        read_records(tmp_path / "data.json")

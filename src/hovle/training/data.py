@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from ..config import HoVLEConfig
+from ..errors import HoVLEError
 from ..model.hovle import IGNORE_INDEX
 from ..processing.images import IMAGENET_MEAN, IMAGENET_STD, ImageError, find_grid, image_to_pixel_values
 from ..processing.prompts import (
@@ -98,18 +99,36 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
     return Batch(ids, mask, labels, torch.cat(tiles) if tiles else None)
 
 
+class DataError(HoVLEError, ValueError):
+    """A training data file that cannot be read at all; the message gives its path and line."""
+
+
+def read_text(path: Path) -> str:
+    """A data file's text; bytes that are not UTF-8 stop the run with the line they are on."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
 def read_records(path: str | os.PathLike) -> list:
     """Records of a JSON list or a JSONL file. A JSONL line that does not parse is kept as a
-    ``SkipSample`` so that it is counted (as ``malformed_record``) instead of stopping the run."""
+    ``SkipSample`` so that it is counted (as ``malformed_record``) instead of stopping the run; a
+    JSON list that does not parse, or a file that is not UTF-8, raises ``DataError`` naming the
+    line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} starts like a JSON list but does not parse: {err}") from None
+            raise DataError(
+                f"{path}:{err.lineno}:{err.colno}: starts like a JSON list but does not parse: {err.msg}"
+            ) from None
         return list(records)
     records = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -120,7 +139,7 @@ def read_records(path: str | os.PathLike) -> list:
         except json.JSONDecodeError as err:
             records.append(SkipSample("malformed_record", f"{path.name} line {number}: {err.msg}"))
     if not records:
-        raise ValueError(f"{path} holds no records")
+        raise DataError(f"{path} holds no records")
     return records
 
 
@@ -177,8 +196,10 @@ class ImageReader:
                 width, height = image.size
                 if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations by 90 degrees
                     width, height = height, width
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise SkipSample("corrupt_image", f"{path}: {err}") from None
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - damaged headers and EXIF raise nearly anything (SyntaxError ...)
+            raise SkipSample("corrupt_image", f"{path}: {type(err).__name__}: {err}") from None
         cols, rows = find_grid(width, height, self.min_tiles, self.max_tiles, self.image_size)
         tiles = cols * rows
         return tiles + 1 if self.thumbnail and tiles > 1 else tiles
@@ -249,7 +270,7 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def image_paths(source: str | os.PathLike) -> tuple[Path, list[str]]:
@@ -259,7 +280,7 @@ def image_paths(source: str | os.PathLike) -> tuple[Path, list[str]]:
         suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
         found = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.suffix.lower() in suffixes)
         if not found:
-            raise ValueError(f"no images found under {source}")
+            raise DataError(f"no images found under {source}")
         return source, found
     return source.parent, read_lines(source)
 
