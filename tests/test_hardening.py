@@ -498,3 +498,25 @@ def test_data_file_that_does_not_parse_stops_with_path_and_line(tmp_path, conten
     (tmp_path / "data.json").write_bytes(content)
     with pytest.raises(DataError, match=re.escape(needle)):
         read_records(tmp_path / "data.json")
+
+
+# ---------------------------------------------------------------- 10. the torch versions hovle claims
+
+
+def test_torch_floor_is_enforced_and_documented_truthfully():
+    from pathlib import Path
+
+    from hovle.compat import MIN_TORCH, TESTED_TORCH, check_torch, release
+
+    assert release("2.13.0+cpu") == (2, 13, 0) and release("4.56.0.dev0") == (4, 56, 0) and release("2.6.0a0") == (2, 6, 0)
+    with pytest.raises(ImportError, match=r"hovle needs torch >= 2\.6, found 2\.5\.1"):
+        check_torch("2.5.1")
+    check_torch("2.6.0")
+    check_torch(torch.__version__)
+    root = Path(__file__).resolve().parents[1]
+    floor = ".".join(map(str, MIN_TORCH))
+    assert f'"torch>={floor}"' in (root / "pyproject.toml").read_text()
+    readme = (root / "README.md").read_text()
+    assert f"torch=={TESTED_TORCH}" in readme.splitlines()[3]  # the README's test command
+    assert f"pip install -q torch=={TESTED_TORCH}" in (root / ".ci" / "run").read_text()
+    assert f"older than {floor}" in readme and "any torch >=" not in readme

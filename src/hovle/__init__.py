@@ -1,5 +1,12 @@
 """hovle: run, train, evaluate and serve HoVLE monolithic vision-language models."""
 
+import torch as _torch
+
+from .compat import check_torch as _check_torch
+
+_check_torch(_torch.__version__)
+
+# The package's imports come after the torch check, so an old torch fails with what to install.
 from .checkpoint import CheckpointError
 from .config import ConfigError, EmbeddingConfig, HoVLEConfig, LLMConfig
 from .model import HoVLEModel, HoVLEOutput

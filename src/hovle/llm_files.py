@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import (WEIGHTS_NAME, check_tensors, llm_from_file_names, llm_to_file_names,
                          resolve_dtype, uses_llama_names, weight_files)
+from .compat import dtype_keyword
 from .config import SUPPORTED_LLM_ARCHITECTURES, LLMConfig
 from .errors import CheckpointError, ConfigError
 from .tensor_files import read_headers, read_tensors, write_safetensors
@@ -205,9 +206,3 @@ def _load_gguf_llm(folder: Path, gguf_file, dtype) -> tuple[LLMConfig, dict[str,
     check_tensors(_expected_llm_shapes(config), found, file, what="GGUF LLM", against="the config transformers read from it")
     return config, llm_from_file_names(state, config)
 
-
-def dtype_keyword(transformers) -> str:
-    """The ``from_pretrained`` keyword for the dtype: transformers renamed ``torch_dtype`` to
-    ``dtype`` in 4.56."""
-    version = tuple(int(part) for part in transformers.__version__.split(".")[:2] if part.isdigit())
-    return "dtype" if version >= (4, 56) else "torch_dtype"

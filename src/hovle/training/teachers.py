@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..cache import cache_root
 from ..checkpoint import check_tensors
 from ..errors import CheckpointError
-from ..llm_files import dtype_keyword
+from ..compat import dtype_keyword
 from ..tensor_files import open_safetensors, read_tensors, write_safetensors
 
 __all__ = [
