@@ -14,7 +14,7 @@ from .conftest import PARITY
 def test_default_config_is_the_released_hovle():
     with torch.device("meta"):
         model = HoVLEModel(HoVLEConfig())
-    assert model.parameter_counts()["total"] == 2_606_327_808  # HOVLE_SPEC 2
+    assert model.parameter_counts()["total"] == 2_606_327_808  # docs/model.md, 2
     assert len(model.state_dict()) == 236
     assert HoVLEConfig().tokens_per_tile == 256
 

@@ -520,3 +520,22 @@ def test_torch_floor_is_enforced_and_documented_truthfully():
     assert f"torch=={TESTED_TORCH}" in readme.splitlines()[3]  # the README's test command
     assert f"pip install -q torch=={TESTED_TORCH}" in (root / ".ci" / "run").read_text()
     assert f"older than {floor}" in readme and "any torch >=" not in readme
+
+
+# ---------------------------------------------------------------- structure: cited documents exist
+
+
+def test_cited_docs_and_sections_exist():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cited = []
+    for file in sorted((root / "src").rglob("*.py")) + sorted((root / "tests").rglob("*.py")):
+        text = file.read_text(encoding="utf-8")
+        assert "HOVLE_SPEC" not in text or file.name == "test_hardening.py", file
+        cited += [(file, m.group(1), m.group(2)) for m in re.finditer(r"(docs/[\w.]+\.md), ([\d.]+)", text)]
+    assert cited
+    for file, doc, section in cited:
+        headings = [line for line in (root / doc).read_text().splitlines() if line.startswith("#")]
+        number = section.split("-")[0].rstrip(".")
+        assert any(re.match(rf"#+ {re.escape(number)}[. ]", h) for h in headings), (file, doc, section)

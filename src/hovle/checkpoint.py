@@ -33,7 +33,7 @@ LLM_PREFIX = "language_model."
 def split_wqkv(wqkv: torch.Tensor, num_heads: int, num_kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split a fused InternLM2 ``wqkv`` weight (or bias) into q, k, v projections.
 
-    Rows are grouped per key/value head: [q of the group's g query heads, k, v] (HOVLE_SPEC 2.1).
+    Rows are grouped per key/value head: [q of the group's g query heads, k, v] (docs/model.md, 2.1).
     The results are in the usual Llama layout: q rows ordered by query head, k/v by kv head.
     """
     g = num_heads // num_kv_heads

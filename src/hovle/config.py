@@ -36,7 +36,7 @@ REQUIRED_INTERNLM2_FIELDS = ("bias",)
 # What hovle computes of the released code's alternatives.
 PS_VERSIONS = ("v2",)
 
-# LLM architectures whose decoder layer is a Llama layer under some naming (HOVLE_SPEC 2.1).
+# LLM architectures whose decoder layer is a Llama layer under some naming (docs/model.md, 2.1).
 SUPPORTED_LLM_ARCHITECTURES = ("InternLM2ForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM")
 
 

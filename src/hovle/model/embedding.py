@@ -1,7 +1,7 @@
 """The holistic embedding module: image patches and text tokens in one causal sequence.
 
 It turns the LLM-side token sequence (plus image tiles) into the LLM's ``inputs_embeds``
-(HOVLE_SPEC 2.2-2.4). In "pre" mode (HoVLE) image patches are pixel-shuffled and projected before
+(docs/model.md, 2.2-2.4). In "pre" mode (HoVLE) image patches are pixel-shuffled and projected before
 the module's layers; in "post" mode (HoVLE-HD) the layers see every raw patch and the shuffle and
 projection happen after them, so the module's sequence is longer than the LLM's.
 """
@@ -47,7 +47,7 @@ class VisionEmbeddings(nn.Module):
 def pixel_shuffle(x: torch.Tensor, ratio: float) -> torch.Tensor:
     """(N, L, C) -> (N, L * ratio^2, C / ratio^2): each token concatenates a patch neighbourhood.
 
-    Follows the released ``ps_version`` v2 axis order (HOVLE_SPEC 2.2) exactly; another order would
+    Follows the released ``ps_version`` v2 axis order (docs/model.md, 2.2) exactly; another order would
     load the same weights and compute something else.
     """
     n, length, c = x.shape

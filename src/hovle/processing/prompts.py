@@ -1,6 +1,6 @@
 """Chat templates and image placeholders: the exact prompt strings the model was trained on.
 
-The released model uses InternVL's ``internlm2-chat`` template (docs/model.md, "Prompts"). Its
+The released model uses InternVL's ``internlm2-chat`` template (docs/model.md, 2.5). Its
 turns are joined with no newline between ``<|im_end|>`` and the next ``<|im_start|>``; one
 character off here silently costs accuracy, so the tests compare rendered strings with the
 released ones.

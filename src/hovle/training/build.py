@@ -1,4 +1,4 @@
-"""Build a new HoVLE from a local LLM: the starting point of training (HOVLE_SPEC 1).
+"""Build a new HoVLE from a local LLM: the starting point of training (docs/model.md, 1).
 
 ``build_model(llm_folder)`` reads an LLM in transformers layout (Llama, Qwen2, InternLM2, or a
 GGUF file that transformers reads) and its tokenizer, adds the image special tokens to the

@@ -1,4 +1,4 @@
-"""The three training stages of HoVLE (HOVLE_SPEC 1): what trains, and the loss.
+"""The three training stages of HoVLE (docs/model.md, 1): what trains, and the loss.
 
 | stage    | trains                          | loss                                                   |
 |----------|---------------------------------|--------------------------------------------------------|
