@@ -54,6 +54,7 @@ __all__ = [
     "clip_grad_norm_",
     "full_optimizer_state",
     "full_state_dict",
+    "gather_objects",
     "gradient_scale",
     "init_distributed",
     "load_full_optimizer_state",
@@ -204,6 +205,15 @@ def broadcast_object(obj: Any, env: DistributedEnv, src: int = 0) -> Any:
     holder = [obj]
     dist.broadcast_object_list(holder, src=src, device=env.device if env.device.type == "cuda" else None)
     return holder[0]
+
+
+def gather_objects(obj: Any, env: DistributedEnv) -> list:
+    """Every process's ``obj`` (any picklable object), in rank order; ``[obj]`` in a single process."""
+    if not env.is_distributed:
+        return [obj]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def gradient_scale(env: DistributedEnv) -> float:

@@ -24,7 +24,8 @@ from . import distributed as dist
 from .build import build_model
 from .config import STAGES, Recipe
 from .data import CaptionData, ConversationData, DistillData
-from .loop import METRICS_FILE, StageRun, train_stage
+from .loop import StageRun, train_stage
+from .metrics import METRICS_FILE
 from .stages import stage_module
 from .teachers import load_teacher
 
