@@ -7,6 +7,7 @@
 * ``distill_cosines``: stage I's objective on held-out data: cosine of the module's outputs to
   the teacher's features (image positions, through the saved head) and to the LLM's input
   embeddings (real-text positions).
+* ``accuracy_difference_noise``: how far apart two measured accuracies may lie by chance alone.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ CHANCE = {"what": 0.1, "yesno": 0.5, "choice": 1 / 3}
 __all__ = [
     "CHANCE",
     "EVAL_KINDS",
+    "accuracy_difference_noise",
     "answer_accuracy",
     "distill_cosines",
     "normalize_answer",
@@ -145,6 +147,17 @@ def answer_accuracy(
     result["counts"] = counts
     result["examples"] = examples
     return result
+
+
+def accuracy_difference_noise(accuracy: float, count: int, other: float, other_count: int) -> float:
+    """Two standard errors of the difference of two accuracies, measured on ``count`` and
+    ``other_count`` independent questions: a larger difference is unlikely to be chance alone.
+
+    The accuracies are pulled towards 1/2 (add-one smoothing) so that 0% or 100% do not claim zero
+    noise.
+    """
+    p, q = (accuracy * count + 1) / (count + 2), (other * other_count + 1) / (other_count + 2)
+    return 2 * math.sqrt(p * (1 - p) / max(count, 1) + q * (1 - q) / max(other_count, 1))
 
 
 def _language_model(model_or_llm) -> LanguageModel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from .config import STAGES
@@ -60,3 +61,19 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def read_metrics(run_dir: str | os.PathLike | None) -> list[dict]:
+    """The records of a run folder's ``metrics.jsonl``, oldest first ([] without one)."""
+    if not run_dir:
+        return []
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by an interrupted run
+    return records
