@@ -26,7 +26,7 @@ from hovle.eval.nano import (
 from hovle.model.hovle import HoVLEModel
 from hovle.processing.processor import HoVLEProcessor
 from hovle.quickstart import METRIC_KEYS, run_quickstart, write_report
-from hovle.recipes.nano_data import FASHION_MNIST_DIR
+from hovle.data.sources import FASHION_MNIST_DIR
 from hovle.training.config import apply_overrides
 from hovle.training.build import build_model
 from hovle.training.data import denormalize

@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
     user_errors += (EvalDataError,)  # an eval folder of another run is a FileExistsError
     if args.command in ("train", "quickstart"):
-        from .recipes.nano_data import DataSourceError
+        from .data.sources import DataSourceError
 
         user_errors += (ValueError, DataSourceError)  # recipe settings and data problems
     try:

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.questions import EVAL_KINDS
 from ..model.hovle import HoVLEModel
 from ..model.language import LanguageModel
 from ..training.data import DistillData, SkipSample, collate, read_lines
 from ..training.stages import DistillStage, teacher_tokens
 
-EVAL_KINDS = ("what", "yesno", "choice")
 # Share of correct answers a uniform guess gets: 10 classes, yes/no, one of three options.
 CHANCE = {"what": 0.1, "yesno": 0.5, "choice": 1 / 3}
 

@@ -7,7 +7,7 @@ import os
 import warnings
 from pathlib import Path
 
-from ..eval.nano import EVAL_KINDS
+from ..data.questions import EVAL_KINDS
 from ..training.config import STAGES
 from ..training.metrics import read_metrics
 

@@ -6,7 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from ..eval.nano import CHANCE, EVAL_KINDS, accuracy_difference_noise
+from ..data.questions import EVAL_KINDS
+from ..eval.nano import CHANCE, accuracy_difference_noise
 from ..training.config import STAGES
 from ..training.metrics import read_metrics
 from .plots import load_pyplot, plot_losses, plot_samples, sample_examples

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..eval.nano import EVAL_KINDS, answer_accuracy, distill_cosines, read_eval_records, text_perplexity
+from ..data.questions import EVAL_KINDS
+from ..eval.nano import answer_accuracy, distill_cosines, read_eval_records, text_perplexity
 from ..training.config import STAGES, Recipe, apply_overrides
 from .report import METRIC_KEYS, format_table, write_report
 
@@ -68,7 +69,7 @@ def _load_stage_model(run_dir: Path, stage: str, device: torch.device):
 def _prepare_nano(overrides: Sequence[str], data_dir, eval_images: int, progress: bool):
     from ..cache import cache_root
     from ..recipes import nano
-    from ..recipes.nano_data import prepare_nano_data
+    from ..data.build import prepare_nano_data
 
     recipe = apply_overrides(nano.recipe(), list(overrides))
     count = max(NANO_EVAL_IMAGES, eval_images)
