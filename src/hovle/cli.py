@@ -87,13 +87,12 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    import torch
-
+    from .devices import default_device
     from .model import HoVLEModel
     from .processing.processor import HoVLEProcessor
     from .processing.prompts import with_image_placeholders
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     extra = {} if args.system is None else {"system_message": args.system}
     processor = HoVLEProcessor.from_pretrained(args.model_dir, **extra)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..data.questions import EVAL_KINDS
+from ..devices import default_device
 from ..eval.nano import answer_accuracy, distill_cosines, read_eval_records, text_perplexity
 from ..training.config import STAGES, Recipe, apply_overrides
 from .report import METRIC_KEYS, format_table, write_report
@@ -53,7 +54,7 @@ class _Clock:
 def _device(recipe: Recipe) -> torch.device:
     if recipe.device:
         return torch.device(recipe.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(default_device())
 
 
 def _load_stage_model(run_dir: Path, stage: str, device: torch.device):

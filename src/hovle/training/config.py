@@ -12,11 +12,14 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+from .distributed import STRATEGIES as _WRAP_STRATEGIES
+
 STAGES = ("distill", "align", "instruct")
 # Parts of the model that ``freeze`` can name.
 PARTS = ("vision", "projection", "text_embeddings", "embedding_layers", "llm")
 PRECISIONS = ("auto", "bf16", "fp32")
-STRATEGIES = ("fsdp", "ddp")
+# What a recipe may name: every wrapping that shards or replicates the model ("none" does neither).
+STRATEGIES = tuple(s for s in _WRAP_STRATEGIES if s != "none")
 
 
 @dataclass

@@ -45,6 +45,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..devices import default_device
+
 __all__ = [
     "STRATEGIES",
     "DistributedEnv",
@@ -101,7 +103,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _resolve_device(device: str | torch.device | None, local_rank: int, distributed: bool) -> torch.device:
-    wanted = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    wanted = torch.device(device if device is not None else default_device())
     if wanted.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"device {str(wanted)!r} was asked for but CUDA is not available")
