@@ -19,6 +19,7 @@ import time
 import torch
 
 from hovle import HoVLEModel, HoVLEProcessor
+from hovle.devices import default_device
 from hovle.eval import get_benchmark
 from hovle.eval.runner import ask, load_questions
 
@@ -44,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", default="1,4,8,16,32", help="comma-separated (default: %(default)s)")
     p.add_argument("--max-tiles", type=int, default=1, help="tiles per image (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: the benchmark's)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=default_device())
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="default: bfloat16 on CUDA, float32 on CPU")
     return p.parse_args(argv)

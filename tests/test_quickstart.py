@@ -26,7 +26,7 @@ from hovle.eval.nano import (
 from hovle.model.hovle import HoVLEModel
 from hovle.processing.processor import HoVLEProcessor
 from hovle.quickstart import METRIC_KEYS, run_quickstart, write_report
-from hovle.recipes.nano_data import FASHION_MNIST_DIR
+from hovle.data.sources import FASHION_MNIST_DIR
 from hovle.training.config import apply_overrides
 from hovle.training.build import build_model
 from hovle.training.data import denormalize
@@ -357,7 +357,7 @@ def test_cli_quickstart_passes_its_options_through(trained, tmp_path, monkeypatc
         seen.update(eval_images=eval_images, progress=progress)
         return apply_overrides(trained.recipe, list(overrides)), data
 
-    monkeypatch.setattr("hovle.quickstart._prepare_nano", tiny_prepare)
+    monkeypatch.setattr("hovle.quickstart.run._prepare_nano", tiny_prepare)
     out = tmp_path / "quick"
     assert cli_main(["quickstart", "--out", str(out), "--skip", "instruct", "--set", "max_steps=1",
                      "--eval-images", "2", "--other-eval-images", "1", "--ablation", "--no-progress"]) == 0

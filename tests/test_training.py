@@ -34,7 +34,8 @@ from hovle.training.data import (
     collate,
     load_plan,
 )
-from hovle.training.loop import checkpoint_steps, lr_factor
+from hovle.training.checkpoints import checkpoint_steps
+from hovle.training.loop import lr_factor
 from hovle.training.pipeline import run_training, start_model
 from hovle.training.stages import DistillStage, stage_module, teacher_tokens
 from hovle.training.teachers import VisionTeacher
@@ -448,7 +449,7 @@ RUN = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
     from pathlib import Path
-    import hovle.training.loop as loop
+    import hovle.training.checkpoints as checkpoints
     from hovle.training.pipeline import run_training
     from tests.training_setup import tiny_recipe
 
@@ -458,7 +459,7 @@ RUN = textwrap.dedent("""
         if Path(dst).name == {kill_at!r}:
             os._exit(9)
         return real_replace(src, dst)
-    loop.os.replace = replace
+    checkpoints.os.replace = replace
     recipe = tiny_recipe(Path({base!r}), steps=5)
     run_training(recipe, Path({base!r}) / "run", stages=({stage!r},), resume={resume!r}, progress=False,
                  tensorboard=False)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import HoVLEConfig, LLMConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, SettingsError
 from .tensor_files import read_headers, read_tensors, write_safetensors
 
 WEIGHTS_NAME = "model.safetensors"
@@ -234,7 +234,7 @@ def resolve_dtype(dtype) -> torch.dtype | None:
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
     if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+        raise SettingsError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
     return names[dtype]
 
 
@@ -274,7 +274,7 @@ def _parse_size(size: int | str) -> int:
         return size
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", size, flags=re.IGNORECASE)
     if not match:
-        raise ValueError(f"cannot read a size from {size!r} (examples: 5GB, 500MB, 1073741824)")
+        raise SettingsError(f"cannot read a size from {size!r} (examples: 5GB, 500MB, 1073741824)")
     number, unit = float(match.group(1)), (match.group(2) or "B").upper()
     scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
     return int(number * scale)

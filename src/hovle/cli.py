@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -87,13 +88,12 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    import torch
-
     from .chat_session import ChatSession, run_interactive
+    from .devices import default_device
     from .model import HoVLEModel
     from .processing.processor import HoVLEProcessor
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     extra = {} if args.system is None else {"system_message": args.system}
     processor = HoVLEProcessor.from_pretrained(args.model_dir, **extra)
@@ -132,7 +132,8 @@ def _train(args: argparse.Namespace) -> int:
             print(f"{key} = {value!r}")
         return 0
     if not args.out:
-        raise ValueError("--out DIR is required")
+        print("hovle train: error: --out DIR is required", file=sys.stderr)
+        return 2
     env = dist.init_distributed(recipe.device or None)
     # Process 0 makes what the recipe needs (data, converted weights); the others then find it cached.
     if env.is_main:
@@ -298,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"hovle: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -308,22 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         args.question, extras = extras[0], []
     if extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .processing.images import ImageError
-    from .processing.processor import ContextLengthError
-    from .processing.prompts import PromptError
-    from .processing.tokenizer import TokenizerError
+    from .errors import HoVLEError
 
-    user_errors = (CheckpointError, ConfigError, ImageError, PromptError, TokenizerError, ContextLengthError,
-                   FileNotFoundError, FileExistsError)
-    from .eval import EvalDataError
-
-    user_errors += (EvalDataError,)  # an eval folder of another run is a FileExistsError
-    if args.command in ("train", "quickstart"):
-        from .recipes.nano_data import DataSourceError
-
-        user_errors += (ValueError, DataSourceError)  # recipe settings and data problems
+    # What a user can fix: hovle's own errors and paths that do not exist or already hold a run.
+    # Anything else is a bug and keeps its traceback.
+    user_errors = (HoVLEError, FileNotFoundError, FileExistsError)
+    format_warning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return args.run(args)
     except KeyboardInterrupt:
@@ -332,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors as e:
         print(f"hovle {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = format_warning
 
 
 if __name__ == "__main__":

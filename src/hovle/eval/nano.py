@@ -7,6 +7,7 @@
 * ``distill_cosines``: stage I's objective on held-out data: cosine of the module's outputs to
   the teacher's features (image positions, through the saved head) and to the LLM's input
   embeddings (real-text positions).
+* ``accuracy_difference_noise``: how far apart two measured accuracies may lie by chance alone.
 """
 
 from __future__ import annotations
@@ -23,18 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.questions import EVAL_KINDS
 from ..model.hovle import HoVLEModel
 from ..model.language import LanguageModel
 from ..training.data import DistillData, SkipSample, collate, read_lines
 from ..training.stages import DistillStage, teacher_tokens
 
-EVAL_KINDS = ("what", "yesno", "choice")
 # Share of correct answers a uniform guess gets: 10 classes, yes/no, one of three options.
 CHANCE = {"what": 0.1, "yesno": 0.5, "choice": 1 / 3}
 
 __all__ = [
     "CHANCE",
     "EVAL_KINDS",
+    "accuracy_difference_noise",
     "answer_accuracy",
     "distill_cosines",
     "normalize_answer",
@@ -147,6 +149,17 @@ def answer_accuracy(
     return result
 
 
+def accuracy_difference_noise(accuracy: float, count: int, other: float, other_count: int) -> float:
+    """Two standard errors of the difference of two accuracies, measured on ``count`` and
+    ``other_count`` independent questions: a larger difference is unlikely to be chance alone.
+
+    The accuracies are pulled towards 1/2 (add-one smoothing) so that 0% or 100% do not claim zero
+    noise.
+    """
+    p, q = (accuracy * count + 1) / (count + 2), (other * other_count + 1) / (other_count + 2)
+    return 2 * math.sqrt(p * (1 - p) / max(count, 1) + q * (1 - q) / max(other_count, 1))
+
+
 def _language_model(model_or_llm) -> LanguageModel:
     if isinstance(model_or_llm, HoVLEModel):
         return model_or_llm.language_model
@@ -236,7 +249,7 @@ def distill_cosines(
     stage I head (keys ``weight``, ``bias``) that maps the module's width to the teacher's; it is
     needed whenever the two widths differ.
     """
-    from safetensors.torch import load_file
+    from ..tensor_files import read_tensors
 
     if samples < 1 or batch_size < 1:
         raise ValueError(f"samples and batch_size must be >= 1, got {samples} and {batch_size}")
@@ -248,7 +261,7 @@ def distill_cosines(
                 f"{model.config.embedding.llm_hidden_size} differs from the teacher's {teacher.feature_dim}, "
                 "so the trained head (distill/head.safetensors) is needed"
             )
-        stage.head.load_state_dict(load_file(str(head_file)))
+        stage.head.load_state_dict(read_tensors(head_file))
     stage.head.to(model.device)
     teacher.to(model.device)
     was_training = model.training

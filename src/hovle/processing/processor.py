@@ -11,7 +11,7 @@ import torch
 from ..config import HoVLEConfig
 from ..errors import ContextLengthError
 from .images import image_to_pixel_values
-from .prompts import DEFAULT_SYSTEM_MESSAGE, IMG_CONTEXT_TOKEN, get_template, render_prompt
+from .prompts import DEFAULT_SYSTEM_MESSAGE, IMG_CONTEXT_TOKEN, PromptError, get_template, render_prompt
 from .tokenizer import TokenizerError, load_tokenizer
 
 
@@ -192,15 +192,15 @@ class HoVLEProcessor:
         single = isinstance(text, str)
         questions = [text] if single else list(text)
         if not questions:
-            raise ValueError("no question given")
+            raise PromptError("no question given")
         if single:
             per_sample = [_as_list(images)]
         else:
             if history:
-                raise ValueError("history applies to one question; call the processor once per conversation")
+                raise PromptError("history applies to one question; call the processor once per conversation")
             per_sample = [[] for _ in questions] if images is None else [_as_list(x) for x in images]
             if len(per_sample) != len(questions):
-                raise ValueError(f"{len(questions)} questions but images for {len(per_sample)} were given")
+                raise PromptError(f"{len(questions)} questions but images for {len(per_sample)} were given")
         pixel_values, tiles = self.process_images([im for sample in per_sample for im in sample], max_tiles)
         prompts, start = [], 0
         for question, sample in zip(questions, per_sample):

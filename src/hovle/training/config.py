@@ -12,11 +12,15 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+from ..errors import SettingsError
+from .distributed import STRATEGIES as _WRAP_STRATEGIES
+
 STAGES = ("distill", "align", "instruct")
 # Parts of the model that ``freeze`` can name.
 PARTS = ("vision", "projection", "text_embeddings", "embedding_layers", "llm")
 PRECISIONS = ("auto", "bf16", "fp32")
-STRATEGIES = ("fsdp", "ddp")
+# What a recipe may name: every wrapping that shards or replicates the model ("none" does neither).
+STRATEGIES = tuple(s for s in _WRAP_STRATEGIES if s != "none")
 
 
 @dataclass
@@ -79,7 +83,7 @@ class Recipe:
 
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:
-            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+            raise SettingsError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
         return getattr(self, name)
 
     def validate(self) -> None:
@@ -102,7 +106,7 @@ class Recipe:
             if not 0.0 <= stage.min_lr_ratio <= 1.0 or not 0.0 <= stage.uniform_text_fraction <= 1.0:
                 problems.append(f"{name}.min_lr_ratio and {name}.uniform_text_fraction must be in [0, 1]")
         if problems:
-            raise ValueError("invalid recipe:\n  " + "\n  ".join(problems))
+            raise SettingsError("invalid recipe: " + "; ".join(problems))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -132,14 +136,14 @@ def _parse(text: str, kind, key: str):
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{key} takes true or false, got {text!r}")
+        raise SettingsError(f"{key} takes true or false, got {text!r}")
     if typing.get_origin(kind) is tuple:
         item = hints[0] if hints else str
         return tuple(_parse(part, item, key) for part in text.split(",") if part.strip())
     try:
         return kind(text)
     except ValueError:
-        raise ValueError(f"{key} takes a {kind.__name__}, got {text!r}") from None
+        raise SettingsError(f"{key} takes a {kind.__name__}, got {text!r}") from None
 
 
 def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
@@ -152,11 +156,11 @@ def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
         key, sep, value = assignment.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"--set takes key=value, got {assignment!r}")
+            raise SettingsError(f"--set takes key=value, got {assignment!r}")
         stage, _, name = key.rpartition(".")
         if stage:
             if stage not in STAGES or name not in stage_types:
-                raise ValueError(f"unknown setting {key!r}; see `hovle train --list-settings`")
+                raise SettingsError(f"unknown setting {key!r}; see `hovle train --list-settings`")
             setattr(recipe.stage(stage), name, _parse(value, stage_types[name], key))
         elif name in recipe_types and name not in STAGES:
             setattr(recipe, name, _parse(value, recipe_types[name], key))
@@ -164,6 +168,6 @@ def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
             for s in STAGES:
                 setattr(recipe.stage(s), name, _parse(value, stage_types[name], key))
         else:
-            raise ValueError(f"unknown setting {key!r}; see `hovle train --list-settings`")
+            raise SettingsError(f"unknown setting {key!r}; see `hovle train --list-settings`")
     recipe.validate()
     return recipe

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from ..config import HoVLEConfig
-from ..errors import HoVLEError
+from ..errors import ConfigError, HoVLEError, SettingsError
 from ..model.hovle import IGNORE_INDEX
 from ..processing.images import IMAGENET_MEAN, IMAGENET_STD, ImageError, find_grid, image_to_pixel_values
 from ..processing.prompts import (
@@ -241,9 +241,9 @@ class _TokenizerUser:
         ids = {t: tokenizer.token_to_id(t) for t in (IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN)}
         missing = [t for t, i in ids.items() if i is None]
         if missing:
-            raise ValueError(f"the tokenizer lacks {missing}: build the model with hovle.build_model first")
+            raise SettingsError(f"the tokenizer lacks {missing}: build the model with hovle.build_model first")
         if ids[IMG_CONTEXT_TOKEN] != config.img_context_token_id:
-            raise ValueError("tokenizer and model disagree on the <IMG_CONTEXT> id")
+            raise SettingsError("tokenizer and model disagree on the <IMG_CONTEXT> id")
         self.end_of_turn_id = tokenizer.token_to_id(self.template.end_of_turn)
 
     def check_length(self, length: int) -> int:
@@ -317,12 +317,12 @@ class DistillData(TrainingData):
         self.images = names
         self.passages = read_lines(text) if text else []
         if not 0.0 <= uniform_fraction <= 1.0:
-            raise ValueError(f"uniform_fraction must be in [0, 1], got {uniform_fraction}")
+            raise SettingsError(f"uniform_fraction must be in [0, 1], got {uniform_fraction}")
         if not self.passages and uniform_fraction < 1.0 and (text_samples or 0) > 0:
-            raise ValueError("text spans need a text file (text=...), or set uniform_fraction=1")
+            raise SettingsError("text spans need a text file (text=...), or set uniform_fraction=1")
         self.text_samples = len(self.images) if text_samples is None else text_samples
         if not self.images and not self.text_samples:
-            raise ValueError("stage I needs images, text samples, or both")
+            raise SettingsError("stage I needs images, text samples, or both")
         self.uniform_fraction = uniform_fraction
         self.text_length = text_length
         # Uniform tokens stay within the text vocabulary: never image or chat markers.
@@ -573,7 +573,7 @@ class DataStream:
     def __init__(self, dataset: TrainingData, tokens_per_batch: int, max_samples: int = 256, seed: int = 0,
                  group_by_length: bool = False):
         if len(dataset) == 0:
-            raise ValueError("the dataset is empty")
+            raise DataError("the dataset is empty")
         self.dataset = dataset
         self.tokens_per_batch = tokens_per_batch
         self.max_samples = max_samples
@@ -624,7 +624,7 @@ class DataStream:
                     return plan  # an epoch's last, partial micro-batch
                 if not self._usable:
                     example = next(iter(self.skips.examples.values()), "")
-                    raise ValueError(f"no usable sample in the whole dataset: {skip_summary(self.skips.counts())}; "
+                    raise DataError(f"no usable sample in the whole dataset: {skip_summary(self.skips.counts())}; "
                                      f"e.g. {example}")
                 self.epoch, self.cursor, self._order, self._usable = self.epoch + 1, 0, None, False
                 continue
@@ -679,7 +679,7 @@ def denormalize(pixel_values: torch.Tensor) -> torch.Tensor:
 def grid_side(tokens_per_tile: int) -> int:
     side = math.isqrt(tokens_per_tile)
     if side * side != tokens_per_tile:
-        raise ValueError(f"{tokens_per_tile} image tokens per tile do not form a square grid")
+        raise ConfigError(f"{tokens_per_tile} image tokens per tile do not form a square grid")
     return side
 
 

@@ -45,6 +45,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..devices import default_device
+from ..errors import SettingsError
+
 __all__ = [
     "STRATEGIES",
     "DistributedEnv",
@@ -54,6 +57,7 @@ __all__ = [
     "clip_grad_norm_",
     "full_optimizer_state",
     "full_state_dict",
+    "gather_objects",
     "gradient_scale",
     "init_distributed",
     "load_full_optimizer_state",
@@ -96,18 +100,18 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+        raise SettingsError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def _resolve_device(device: str | torch.device | None, local_rank: int, distributed: bool) -> torch.device:
-    wanted = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    wanted = torch.device(device if device is not None else default_device())
     if wanted.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {str(wanted)!r} was asked for but CUDA is not available")
+            raise SettingsError(f"device {str(wanted)!r} was asked for but CUDA is not available")
         index = local_rank if distributed or wanted.index is None else wanted.index
         return torch.device("cuda", index)
     if distributed and wanted.type != "cpu":
-        raise ValueError(f"multi-process training runs on cuda (nccl) or cpu (gloo), not {wanted.type}")
+        raise SettingsError(f"multi-process training runs on cuda (nccl) or cpu (gloo), not {wanted.type}")
     return wanted
 
 
@@ -133,7 +137,7 @@ def init_distributed(device: str | torch.device | None = None, *, timeout: timed
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"RANK={rank} and WORLD_SIZE={world_size} do not describe a process of a group")
+        raise SettingsError(f"RANK={rank} and WORLD_SIZE={world_size} do not describe a process of a group")
     local_rank = _env_int("LOCAL_RANK", rank if world_size > 1 else 0)
     distributed = world_size > 1
     env_device = _resolve_device(device, local_rank, distributed)
@@ -206,6 +210,15 @@ def broadcast_object(obj: Any, env: DistributedEnv, src: int = 0) -> Any:
     return holder[0]
 
 
+def gather_objects(obj: Any, env: DistributedEnv) -> list:
+    """Every process's ``obj`` (any picklable object), in rank order; ``[obj]`` in a single process."""
+    if not env.is_distributed:
+        return [obj]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def gradient_scale(env: DistributedEnv) -> float:
     """The factor (``world_size``) to multiply the loss by before ``backward``.
 
@@ -273,7 +286,7 @@ def wrap_model(model: nn.Module, env: DistributedEnv, strategy: str = "fsdp") ->
     CPU processes (gloo) as well as on CUDA (nccl).
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown distributed strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        raise SettingsError(f"unknown distributed strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if _is_wrapped(model):
         raise ValueError(f"{type(model).__name__} is already wrapped for distributed training")
     model.to(env.device)
@@ -282,7 +295,7 @@ def wrap_model(model: nn.Module, env: DistributedEnv, strategy: str = "fsdp") ->
     _group_ready(env)
     if strategy == "ddp":
         if not any(p.requires_grad for p in model.parameters()):
-            raise ValueError("ddp needs at least one trainable parameter; every parameter is frozen")
+            raise SettingsError("ddp needs at least one trainable parameter; every parameter is frozen")
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
     return _wrap_fsdp(model, env)
@@ -294,7 +307,7 @@ def _wrap_fsdp(model: nn.Module, env: DistributedEnv) -> nn.Module:
 
     FSDPModule = _fsdp_module_class()
     if not hasattr(FSDPModule, "set_reduce_scatter_unused_params"):
-        raise RuntimeError(
+        raise SettingsError(
             f"strategy 'fsdp' needs FSDPModule.set_reduce_scatter_unused_params, missing in torch {torch.__version__} "
             "(processes that use different parameters would issue mismatched collectives): use strategy 'ddp'"
         )
@@ -496,7 +509,7 @@ def _check_then_raise(model: nn.Module, problem_on_rank0: str | None) -> None:
         dist.broadcast_object_list(holder, src=0, device=_collective_device(model))
         problem_on_rank0 = holder[0]
     if problem_on_rank0:
-        raise ValueError(problem_on_rank0)
+        raise SettingsError(problem_on_rank0)
 
 
 def _collective_device(model: nn.Module) -> torch.device | None:

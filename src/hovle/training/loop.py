@@ -7,38 +7,37 @@ plans ``r, r + world, ...``. The loss is normalised by the number of targets of 
 over every process, so 1 process and N processes with the same global batch compute the same
 loss and gradients.
 
-Checkpoints (``<stage dir>/checkpoints/step-NNNNNNN``) are written aside and renamed into place,
-so a run killed mid-save leaves the previous checkpoint intact. They hold the trainable
-parameters, the optimizer and scheduler, the RNG states and the data position; resuming from
-one continues with exactly the losses an uninterrupted run would have had.
+Checkpoints (``checkpoints.py``) are saved every ``save_every`` steps; resuming from one continues
+with exactly the losses an uninterrupted run would have had.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..model.hovle import IGNORE_INDEX
 from . import distributed as dist
-from .config import STAGES, StageConfig
+from .checkpoints import (
+    checkpoint_path,
+    checkpoint_steps,
+    clean_partial_checkpoints,
+    read_checkpoint,
+    save_checkpoint,
+)
+from .config import StageConfig
 from .data import Batch, DataStream, SkipCounter, TrainingData, load_plan, skip_summary
+from .metrics import MetricsLog
 from .stages import teacher_tokens
 from .teachers import VisionTeacher
 
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_PREFIX = "step-"
-METRICS_FILE = "metrics.jsonl"
 # Parameters that AdamW does not decay: tables and position grids (besides every norm and bias).
 _NO_DECAY = ("llm_text_embeddings", "tok_embeddings", "position_embedding", "class_embedding")
 
@@ -96,148 +95,6 @@ def autocast_context(precision: str, device: torch.device):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
-
-
-def checkpoint_steps(stage_dir: Path) -> list[int]:
-    """Steps of the complete checkpoints in a stage folder, oldest first."""
-    folder = stage_dir / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    steps = []
-    for path in folder.iterdir():
-        if path.name.startswith(CHECKPOINT_PREFIX) and (path / "state.json").is_file():
-            steps.append(int(path.name[len(CHECKPOINT_PREFIX):]))
-    return sorted(steps)
-
-
-def _checkpoint_path(stage_dir: Path, step: int) -> Path:
-    return stage_dir / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}{step:07d}"
-
-
-def _rng_state() -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _gather_objects(obj, env: dist.DistributedEnv) -> list:
-    if not env.is_distributed:
-        return [obj]
-    out = [None] * env.world_size
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def save_checkpoint(run: StageRun, wrapped, optimizer, scheduler, stream: DataStream, load_skips: SkipCounter,
-                    step: int, env: dist.DistributedEnv) -> Path | None:
-    """Write a checkpoint for ``step`` (collective: every process calls it; process 0 writes)."""
-    trainable = dist.full_state_dict(wrapped, trainable_only=True)
-    optimizer_state = dist.full_optimizer_state(wrapped, optimizer)
-    rng_states = _gather_objects(_rng_state(), env)
-    skips = _gather_objects(load_skips.state_dict(), env)
-    target = None
-    if env.is_main:
-        target = _checkpoint_path(run.out_dir, step)
-        tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save({"ranks": rng_states}, tmp / "rng.pt")
-        state = {
-            "stage": run.name,
-            "step": step,
-            "scheduler": scheduler.state_dict(),
-            "stream": stream.state_dict(),
-            "load_skips": skips,
-            "world_size": env.world_size,
-        }
-        # state.json is written last: a folder without it is never taken for a checkpoint.
-        (tmp / "state.json").write_text(json.dumps(state))
-        _fsync_tree(tmp)
-        if target.exists():  # the same step again after a resume: replace it
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        for old in checkpoint_steps(run.out_dir)[: -run.config.keep_checkpoints]:
-            shutil.rmtree(_checkpoint_path(run.out_dir, old), ignore_errors=True)
-    dist.barrier(env)
-    return target
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-
-
-def _clean_partial_checkpoints(stage_dir: Path) -> None:
-    folder = stage_dir / CHECKPOINT_DIR
-    if folder.is_dir():
-        for path in folder.glob(".tmp-*"):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics
-# ---------------------------------------------------------------------------------------------
-
-
-class MetricsLog:
-    """``metrics.jsonl`` (one object per optimizer step, every stage) and TensorBoard scalars."""
-
-    def __init__(self, path: Path, stage: str, resume_step: int, tensorboard_dir: Path | None, enabled: bool):
-        self.path = path
-        self.stage = stage
-        self.enabled = enabled
-        self.writer = None
-        if not enabled:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._truncate(resume_step)
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ImportError(
-                    "TensorBoard logging needs the tensorboard package: pip install 'hovle[train]'"
-                ) from None
-            self.writer = SummaryWriter(str(tensorboard_dir / stage), purge_step=resume_step + 1)
-
-    def _truncate(self, resume_step: int) -> None:
-        """Drop records a killed run wrote after the checkpoint it resumes from."""
-        if not self.path.exists():
-            return
-        later = set(STAGES[STAGES.index(self.stage) + 1:]) if self.stage in STAGES else set()
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if record.get("stage") in later or (record.get("stage") == self.stage and record.get("step", 0) > resume_step):
-                continue
-            kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step",):
-                    self.writer.add_scalar(f"{self.stage}/{key}", value, record["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
 
@@ -273,10 +130,10 @@ def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: b
     start_step = 0
     resume_state = None
     if resume:
-        _clean_partial_checkpoints(run.out_dir)
+        clean_partial_checkpoints(run.out_dir)
         steps = checkpoint_steps(run.out_dir)
         if steps:
-            resume_state = _read_checkpoint(run, module, _checkpoint_path(run.out_dir, steps[-1]), env)
+            resume_state = read_checkpoint(run, module, checkpoint_path(run.out_dir, steps[-1]), env)
             start_step = resume_state["step"]
             stream.load_state_dict(resume_state["stream"])
             for other in resume_state["load_skips"]:
@@ -397,7 +254,7 @@ def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: b
 def _skip_counts(plan_skips: SkipCounter, load_skips: SkipCounter, env) -> dict[str, int]:
     merged = SkipCounter()
     merged.merge(plan_skips)
-    for state in _gather_objects(load_skips.state_dict(), env):
+    for state in dist.gather_objects(load_skips.state_dict(), env):
         counter = SkipCounter()
         counter.load_state_dict(state)
         merged.merge(counter)
@@ -409,18 +266,3 @@ def _no_sync(wrapped, sync: bool):
     if not sync and hasattr(wrapped, "no_sync"):
         return wrapped.no_sync()
     return contextlib.nullcontext()
-
-
-def _read_checkpoint(run: StageRun, module: nn.Module, folder: Path, env) -> dict:
-    state = json.loads((folder / "state.json").read_text())
-    if state["stage"] != run.name:
-        raise ValueError(f"{folder} is a checkpoint of stage {state['stage']}, not {run.name}")
-    weights = load_file(str(folder / "trainable.safetensors"))
-    expected = {n for n, p in module.named_parameters() if p.requires_grad}
-    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - set(module.state_dict()))
-    if missing or unexpected:
-        raise ValueError(f"{folder} does not match this stage's trainable parameters "
-                         f"(missing {missing[:4]}, unexpected {unexpected[:4]}): was the recipe changed?")
-    module.load_state_dict(weights, strict=False)
-    state["folder"] = folder
-    return state

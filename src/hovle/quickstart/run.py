@@ -1,0 +1,268 @@
+"""The quickstart's run: prepare the nano recipe, train it, evaluate it, write the report."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..data.questions import EVAL_KINDS
+from ..data.sources import DataSourceError
+from ..devices import default_device
+from ..errors import SettingsError
+from ..eval.nano import answer_accuracy, distill_cosines, read_eval_records, text_perplexity
+from ..training.config import STAGES, Recipe, apply_overrides
+from .report import METRIC_KEYS, format_table, write_report
+
+RUN_DIR = "run"
+ABLATION_DIR = "ablation"
+SAMPLE_QUESTION = "What is this?"
+# The nano data folder is built with this many held-out images (a different count rebuilds it).
+NANO_EVAL_IMAGES = 1000
+
+
+class _Clock:
+    """Wall time per named part, printed as each part ends."""
+
+    def __init__(self, verbose: bool = True):
+        self.started = time.perf_counter()
+        self.parts: dict[str, float] = {}
+        self.verbose = verbose
+
+    def part(self, name: str):
+        clock = self
+
+        class _Part:
+            def __enter__(self):
+                self.start = time.perf_counter()
+                return self
+
+            def __exit__(self, *exc):
+                seconds = time.perf_counter() - self.start
+                clock.parts[name] = clock.parts.get(name, 0.0) + seconds
+                if clock.verbose and exc[0] is None:
+                    print(f"quickstart: {name} took {seconds:.1f} s", flush=True)
+                return False
+
+        return _Part()
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def _device(recipe: Recipe) -> torch.device:
+    if recipe.device:
+        return torch.device(recipe.device)
+    return torch.device(default_device())
+
+
+def _load_stage_model(run_dir: Path, stage: str, device: torch.device):
+    from ..model.hovle import HoVLEModel
+    from ..processing.processor import HoVLEProcessor
+    from ..training.pipeline import stage_model_dir
+
+    folder = stage_model_dir(run_dir, stage)
+    model = HoVLEModel.from_pretrained(folder, dtype=torch.float32, device=device).eval()
+    return model, HoVLEProcessor.from_pretrained(folder)
+
+
+def _prepare_nano(overrides: Sequence[str], data_dir, eval_images: int, progress: bool):
+    from ..cache import cache_root
+    from ..recipes import nano
+    from ..data.build import prepare_nano_data
+
+    recipe = apply_overrides(nano.recipe(), list(overrides))
+    count = max(NANO_EVAL_IMAGES, eval_images)
+    data_dir = Path(data_dir) if data_dir else cache_root() / "nano-data"
+    data = prepare_nano_data(data_dir, seed=recipe.seed, eval_images=count, progress=progress)
+    recipe = nano.prepare(recipe, data_dir=data_dir, eval_images=count, progress=progress)
+    return recipe, data
+
+
+def _accuracy(model, processor, eval_file, what_images: int, other_images: int, batch_size: int,
+              progress: bool) -> dict:
+    """``answer_accuracy`` with "What is this?" asked about ``what_images`` images and the yes/no and
+    multiple-choice questions about the first ``other_images`` of them."""
+    what = answer_accuracy(model, processor, eval_file, ("what",), limit=what_images, batch_size=batch_size,
+                           progress=progress)
+    other = answer_accuracy(model, processor, eval_file, ("yesno", "choice"), limit=min(other_images, what_images),
+                            batch_size=batch_size, progress=progress)
+    return {
+        "accuracy_what": what["accuracy_what"],
+        **{f"accuracy_{k}": other[f"accuracy_{k}"] for k in ("yesno", "choice")},
+        "counts": {"what": what["counts"]["what"], **{k: other["counts"][k] for k in ("yesno", "choice")}},
+        "examples": what["examples"] + other["examples"],
+    }
+
+
+def _perplexity_before(recipe: Recipe, passages: list[str], device: torch.device) -> float:
+    """The LLM as training starts from it: built exactly as stage I's first model is, so that
+    the frozen stages must reproduce the value to the last digit. Its vocabulary has the image
+    tokens added (rows at the mean of the others), a negligible change from the LLM's own."""
+    from ..training.pipeline import build_from_recipe
+
+    model, tokenizer = build_from_recipe(recipe)
+    model.to(device)
+    return text_perplexity(model, tokenizer, passages)
+
+
+def run_quickstart(
+    out_dir: str | os.PathLike,
+    skip: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    eval_images: int = 1000,
+    ablation: bool = False,
+    progress: bool = True,
+    *,
+    other_eval_images: int = 300,
+    recipe: Recipe | None = None,
+    data=None,
+    data_dir: str | os.PathLike | None = None,
+    cosine_samples: int = 256,
+    eval_batch_size: int = 64,
+    perplexity_passages: int | None = 32,
+    resume: bool = False,
+) -> dict:
+    """Train, evaluate and report the nano recipe (minus the stages in ``skip``) in ``out_dir``.
+
+    ``overrides`` are ``key=value`` recipe settings (``"max_steps=20"``, ``"align.lr=5e-4"``).
+    ``eval_images``: held-out images asked "What is this?"; the first ``other_eval_images`` of
+    them are also asked their yes/no and multiple-choice questions. ``ablation``: also train the
+    recipe without stage I (when stage I is not skipped), with the same stage II and III
+    settings, and compare.
+
+    ``recipe`` and ``data`` replace the nano recipe and its data: a ready recipe (LLM and data
+    files filled in) and an object with ``eval`` (questions, eval.jsonl format) and
+    ``text_heldout`` (passages, one a line) paths, e.g. ``NanoData``. ``resume`` continues
+    interrupted training runs in ``out_dir``. ``cosine_samples``: held-out images (and text spans)
+    for the stage I cosines; ``perplexity_passages``: the first held-out passages scored for
+    perplexity (None: all; 32 take about 7 s a pass over SmolLM2 on 2 CPU cores).
+
+    Returns the ``results`` dict given to ``write_report``: ``results["metrics"]`` is what
+    ``metrics.json`` holds.
+    """
+    clock = _Clock(verbose=True)
+    out = Path(out_dir)
+    skip = tuple(dict.fromkeys(skip))
+    unknown = [s for s in skip if s not in STAGES]
+    if unknown:
+        raise SettingsError(f"unknown stages to skip {unknown}; stages: {', '.join(STAGES)}")
+    stages = tuple(s for s in STAGES if s not in skip)
+    if not stages:
+        raise SettingsError("every stage is skipped: nothing to train")
+    if eval_images < 1 or other_eval_images < 1:
+        raise SettingsError(f"eval_images and other_eval_images must be >= 1, got {eval_images} and {other_eval_images}")
+    if perplexity_passages is not None and perplexity_passages < 1:
+        raise SettingsError(f"perplexity_passages must be >= 1 or None, got {perplexity_passages}")
+    if recipe is not None and data is None:
+        raise SettingsError("a custom recipe needs data= (an object with .eval and .text_heldout paths)")
+
+    with clock.part("prepare"):
+        if recipe is None:
+            recipe, data = _prepare_nano(overrides, data_dir, eval_images, progress)
+        else:
+            recipe = apply_overrides(recipe, list(overrides))
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(recipe)
+    passages = [line.strip() for line in Path(data.text_heldout).read_text(encoding="utf-8").splitlines()
+                if line.strip()][:perplexity_passages]
+    if not passages:
+        raise DataSourceError(f"no held-out passages to score in {data.text_heldout}")
+
+    metrics: dict = {key: None for key in METRIC_KEYS}
+    metrics["skipped"] = list(skip)
+
+    with clock.part("perplexity_before"):
+        metrics["perplexity_before"] = _perplexity_before(recipe, passages, device)
+
+    from ..training.pipeline import HEAD_FILE, run_training
+
+    run_dir = out / RUN_DIR
+    with clock.part("train"):
+        summaries = run_training(recipe, run_dir, stages=stages, resume=resume, progress=progress,
+                                 tensorboard=False)
+
+    final = stages[-1]
+    with clock.part("accuracy"):
+        model, processor = _load_stage_model(run_dir, final, device)
+        accuracy = _accuracy(model, processor, data.eval, eval_images, other_eval_images, eval_batch_size, progress)
+        for kind in EVAL_KINDS:
+            metrics[f"accuracy_{kind}"] = accuracy[f"accuracy_{kind}"]
+
+    with clock.part("sample"):
+        first = read_eval_records(data.eval, ("what",), limit=1) or read_eval_records(data.eval, EVAL_KINDS, 1)
+        pixel_values, _ = processor.process_images([first[0]["path"]], max_tiles=1)
+        answer = model.chat(processor, pixel_values.to(device), SAMPLE_QUESTION, {"max_new_tokens": 16})
+        sample = {"image": first[0]["path"], "question": SAMPLE_QUESTION, "answer": answer,
+                  "expected": first[0].get("label", first[0]["answer"])}
+        print(f"sample image {first[0]['image']}\n  Q: {SAMPLE_QUESTION}\n  A: {answer}\n"
+              f"  (expected: {sample['expected']})", flush=True)
+    del model, processor
+
+    if "distill" in stages:
+        with clock.part("cosines"):
+            from ..training.teachers import load_teacher
+
+            model, processor = _load_stage_model(run_dir, "distill", device)
+            images = list(dict.fromkeys(r["path"] for r in read_eval_records(data.eval, EVAL_KINDS)))
+            cosines = distill_cosines(model, run_dir / "distill" / HEAD_FILE, load_teacher(recipe.teacher), images,
+                                      data.text_heldout, processor.tokenizer, samples=cosine_samples,
+                                      text_length=recipe.distill.text_length, seed=recipe.seed)
+            metrics["cosine_image"], metrics["cosine_text"] = cosines
+            del model, processor
+
+    for stage in ("align", "instruct"):
+        if stage in stages:
+            with clock.part(f"perplexity_after_{stage}"):
+                model, processor = _load_stage_model(run_dir, stage, device)
+                metrics[f"perplexity_after_{stage}"] = text_perplexity(model, processor.tokenizer, passages)
+                del model, processor
+
+    ablation_result = None
+    ablation_stages = tuple(s for s in stages if s != "distill")
+    if ablation and "distill" in stages and ablation_stages:
+        ablation_dir = out / ABLATION_DIR
+        with clock.part("ablation_train"):
+            ablation_summaries = run_training(recipe, ablation_dir, stages=ablation_stages, resume=resume,
+                                              progress=progress, tensorboard=False)
+        with clock.part("ablation_accuracy"):
+            model, processor = _load_stage_model(ablation_dir, ablation_stages[-1], device)
+            ablation_accuracy = _accuracy(model, processor, data.eval, eval_images, other_eval_images,
+                                          eval_batch_size, progress)
+            del model, processor
+        ablation_result = {
+            "run_dir": str(ablation_dir),
+            "stages": list(ablation_stages),
+            "summaries": ablation_summaries,
+            **{f"accuracy_{k}": ablation_accuracy[f"accuracy_{k}"] for k in EVAL_KINDS},
+            "counts": ablation_accuracy["counts"],
+            "examples": ablation_accuracy["examples"],
+        }
+
+    metrics["seconds"] = clock.total()
+    results = {
+        "metrics": metrics,
+        "recipe": recipe.to_dict(),
+        "overrides": list(overrides),
+        "stages": list(stages),
+        "eval_images": eval_images,
+        "counts": accuracy["counts"],
+        "cosine_samples": cosine_samples if "distill" in stages else None,
+        "heldout_passages": len(passages),
+        "device": str(device),
+        "run_dir": str(run_dir),
+        "summaries": summaries,
+        "ablation": ablation_result,
+        "examples": accuracy["examples"],
+        "sample": sample,
+        "timings": dict(clock.parts),
+    }
+    with clock.part("report"):
+        files = write_report(out, results)
+    results["files"] = {name: str(path) for name, path in files.items()}
+    print(format_table(results), flush=True)
+    print(f"quickstart: report written to {files['report']}", flush=True)
+    return results
