@@ -385,7 +385,7 @@ def test_stream_long_text_stays_incremental(tok):
     parts, longest_window = [], 0
     for i in ids:
         parts.append(decoder.push(i))
-        longest_window = max(longest_window, len(decoder._window))
+        longest_window = max(longest_window, len(decoder._stream._window))
     parts.append(decoder.flush())
     assert "".join(parts) == tok.decode(ids)
     assert longest_window < 16  # the re-decoded window stays short: O(1) per id

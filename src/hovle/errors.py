@@ -23,6 +23,10 @@ class ConfigError(HoVLEError, ValueError):
 
 
 
+class DataError(HoVLEError, ValueError):
+    """A data file (training records, a dataset's files) that cannot be read; says where."""
+
+
 class ContextLengthError(HoVLEError, ValueError):
     """A prompt longer than the model's context."""
 

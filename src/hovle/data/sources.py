@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import HoVLEError, SettingsError
+from ..errors import DataError, HoVLEError, SettingsError
 
 FASHION_CLASSES: tuple[str, ...] = (
     "t-shirt",
@@ -115,17 +115,17 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
         else:
             data = path.read_bytes()
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
-        raise DataSourceError(f"{path} cannot be read as an IDX file: {err}") from None
+        raise DataError(f"{path} cannot be read as an IDX file: {err}") from None
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise DataSourceError(f"{path} is not a valid IDX file: {len(data)} bytes, shorter than its {header}-byte header")
+        raise DataError(f"{path} is not a valid IDX file: {len(data)} bytes, shorter than its {header}-byte header")
     found = int.from_bytes(data[:4], "big")
     if found != magic:
-        raise DataSourceError(f"{path} is not a valid IDX file: magic number {found}, expected {magic}")
+        raise DataError(f"{path} is not a valid IDX file: magic number {found}, expected {magic}")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape, dtype=np.int64))
     if len(data) - header != expected:
-        raise DataSourceError(
+        raise DataError(
             f"{path} is not a valid IDX file: header declares shape {shape} ({expected} bytes) "
             f"but {len(data) - header} bytes follow it"
         )
@@ -146,11 +146,11 @@ def load_fashion_mnist(split: str, root: str | os.PathLike = FASHION_MNIST_DIR) 
     images = _read_idx(paths[0], _IDX_IMAGES_MAGIC, 3)
     labels = _read_idx(paths[1], _IDX_LABELS_MAGIC, 1)
     if images.shape[1:] != (28, 28):
-        raise DataSourceError(f"{paths[0]}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
+        raise DataError(f"{paths[0]}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
     if len(images) != len(labels):
-        raise DataSourceError(f"{root}: {len(images)} images but {len(labels)} labels in the {split} split")
+        raise DataError(f"{root}: {len(images)} images but {len(labels)} labels in the {split} split")
     if len(labels) and int(labels.max()) >= len(FASHION_CLASSES):
-        raise DataSourceError(f"{paths[1]}: label {int(labels.max())} out of range 0..{len(FASHION_CLASSES) - 1}")
+        raise DataError(f"{paths[1]}: label {int(labels.max())} out of range 0..{len(FASHION_CLASSES) - 1}")
     return images, labels
 
 

@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 from ..data.questions import EVAL_KINDS
 from ..model.hovle import HoVLEModel
 from ..model.language import LanguageModel
+from ..processing.tokenizer import padding_id
+from ..tensor_files import read_tensors
 from ..training.data import DistillData, SkipSample, collate, read_lines
 from ..training.stages import DistillStage, teacher_tokens
 
@@ -249,8 +251,6 @@ def distill_cosines(
     stage I head (keys ``weight``, ``bias``) that maps the module's width to the teacher's; it is
     needed whenever the two widths differ.
     """
-    from ..tensor_files import read_tensors
-
     if samples < 1 or batch_size < 1:
         raise ValueError(f"samples and batch_size must be >= 1, got {samples} and {batch_size}")
     stage = DistillStage(model, teacher.feature_dim, seed)
@@ -277,7 +277,7 @@ def distill_cosines(
             seed=seed,
         )
         indices = list(range(min(samples, len(data.images)))) + list(range(len(data.images), len(data)))
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        pad_id = padding_id(tokenizer)
         sums = {"cos_image_sum": 0.0, "image_positions": 0, "cos_text_sum": 0.0, "text_positions": 0}
         try:
             for start in range(0, len(indices), batch_size):

@@ -12,7 +12,7 @@ from ..config import HoVLEConfig
 from ..errors import ContextLengthError
 from .images import image_to_pixel_values
 from .prompts import DEFAULT_SYSTEM_MESSAGE, IMG_CONTEXT_TOKEN, PromptError, get_template, render_prompt
-from .tokenizer import TokenizerError, load_tokenizer
+from .tokenizer import TokenizerError, load_tokenizer, padding_id
 
 
 # config.json keys holding the system message and the reply prefix a model was trained with
@@ -147,8 +147,7 @@ class HoVLEProcessor:
 
     def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids and attention mask of encoded prompts, as generation expects them."""
-        pad = self.tokenizer.pad_token_id
-        pad = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        pad = padding_id(self.tokenizer)
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from ..config import HoVLEConfig
-from ..errors import ConfigError, HoVLEError, SettingsError
+from ..errors import ConfigError, DataError, SettingsError
 from ..model.hovle import IGNORE_INDEX
 from ..processing.images import IMAGENET_MEAN, IMAGENET_STD, ImageError, find_grid, image_to_pixel_values
 from ..processing.prompts import (
@@ -97,10 +97,6 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
         ids[row, :n], labels[row, :n], mask[row, :n] = e.input_ids, e.labels, 1
     tiles = [e.pixel_values for e in examples if e.pixel_values is not None]
     return Batch(ids, mask, labels, torch.cat(tiles) if tiles else None)
-
-
-class DataError(HoVLEError, ValueError):
-    """A training data file that cannot be read at all; the message gives its path and line."""
 
 
 def read_text(path: Path) -> str:

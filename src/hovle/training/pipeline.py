@@ -19,7 +19,7 @@ import torch
 from ..errors import SettingsError
 from ..model.hovle import HoVLEModel
 from ..processing.processor import REPLY_PREFIX_KEY, SYSTEM_MESSAGE_KEY
-from ..processing.tokenizer import load_tokenizer
+from ..processing.tokenizer import load_tokenizer, padding_id
 from ..tensor_files import write_safetensors
 from . import distributed as dist
 from .build import build_model
@@ -156,7 +156,7 @@ def run_training(
             sizes = {"image_size": recipe.teacher_image_size} if recipe.teacher_image_size else {}
             teacher = load_teacher(recipe.teacher, **sizes)
         module = stage_module(stage, model, settings.freeze, teacher, recipe.seed)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        pad_id = padding_id(tokenizer)
         run = StageRun(
             name=stage,
             config=settings,

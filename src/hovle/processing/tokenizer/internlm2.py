@@ -1,4 +1,4 @@
-"""Tokenizers for HoVLE checkpoints, loaded from a local folder without remote code.
+"""The released HoVLE tokenizer (InternLM2's SentencePiece tokenizer) without remote code.
 
 The released HoVLE folder ships ``tokenizer.model`` (SentencePiece) with ``added_tokens.json``,
 ``special_tokens_map.json`` and a ``tokenizer_config.json`` whose ``auto_map`` points at the
@@ -58,37 +58,29 @@ from __future__ import annotations
 import json
 import operator
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any
 
 import sentencepiece as spm
 
-from ..errors import HoVLEError
-
-__all__ = [
-    "SentencePieceTokenizer",
-    "StreamDecoder",
-    "TokenizerError",
-    "TransformersTokenizer",
-    "load_tokenizer",
-]
-
-MODEL_FILE = "tokenizer.model"
-ADDED_TOKENS_FILE = "added_tokens.json"
-SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-TOKENIZER_JSON_FILE = "tokenizer.json"
-
-# Files from which transformers can build a tokenizer without remote code.
-_TRANSFORMERS_FILES = (
-    TOKENIZER_JSON_FILE,
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "tiktoken.model",
+from .base import (
+    ADDED_TOKENS_FILE,
+    MODEL_FILE,
+    REPLACEMENT_CHAR,
+    SPECIAL_TOKENS_MAP_FILE,
+    TOKENIZER_CONFIG_FILE,
+    UNSAFE_LAST_CHARS,
+    IdsLike,
+    TokenizerError,
+    as_id_list,
+    cleanup,
+    is_cut_safe,
+    read_json,
+    write_json,
 )
+from .protobuf import has_denormalizer
+from .streaming import IncrementalDecoder
 
 _SPECIAL_ATTRIBUTES = (
     "bos_token",
@@ -102,134 +94,8 @@ _SPECIAL_ATTRIBUTES = (
 # InternLM2Tokenizer.__init__ defaults.
 _DEFAULT_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>"}
 
-_INTERNLM2_CLASSES = ("InternLM2Tokenizer", "InternLM2TokenizerFast")
 
-IdsLike = Union[Sequence[int], Any]  # list of ints, or a 1-D tensor / array
-
-
-class TokenizerError(HoVLEError, ValueError):
-    """A tokenizer folder that cannot be loaded, or an input a tokenizer cannot take."""
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-
-
-def _cleanup(text: str) -> str:
-    """transformers 4.x ``PreTrainedTokenizerBase.clean_up_tokenization`` (same replacements, same order)."""
-    return (
-        text.replace(" .", ".")
-        .replace(" ?", "?")
-        .replace(" !", "!")
-        .replace(" ,", ",")
-        .replace(" ' ", "'")
-        .replace(" n't", "n't")
-        .replace(" 'm", "'m")
-        .replace(" 's", "'s")
-        .replace(" 've", "'ve")
-        .replace(" 're", "'re")
-    )
-
-
-# Every pattern of _cleanup starts with a space, and a match can only span a cut between a left
-# text L and a right text R if L ends with a proper prefix of a pattern: " ", " '", " n", " n'",
-# " 'v" or " 'r". Their last characters are these; since the cleanup only ever deletes spaces,
-# L's last character survives every replacement, so if it is not one of these no match of any
-# replacement (or of the cleanup run twice) can span the cut: cleanup(L + R) == cleanup(L) +
-# cleanup(R) for every R.
-_UNSAFE_LAST_CHARS = frozenset(" 'nvr")
-_REPLACEMENT_CHAR = "\ufffd"
-
-
-def _is_cut_safe(text: str) -> bool:
-    return not text or text[-1] not in _UNSAFE_LAST_CHARS
-
-
-def _as_id_list(ids: IdsLike) -> list[int]:
-    """A list of python ints from a list / tuple of ints or a 1-D tensor or array."""
-    if hasattr(ids, "tolist") and not isinstance(ids, (list, tuple)):
-        if getattr(ids, "ndim", 1) != 1:
-            raise TokenizerError(f"decode takes a 1-D sequence of ids, got shape {tuple(ids.shape)}")
-        ids = ids.tolist()
-    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-        raise TokenizerError(f"expected a sequence of token ids, got {type(ids).__name__}")
-    out = []
-    for i in ids:
-        if isinstance(i, bool):
-            raise TokenizerError(f"token ids must be integers, got {i!r}")
-        try:
-            out.append(operator.index(i))
-        except TypeError:
-            raise TokenizerError(f"token ids must be integers, got {i!r}") from None
-    return out
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path} ({what}) is not readable JSON: {e}") from None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return value, pos
-
-
-def _proto_fields(data: bytes) -> dict[int, list[bytes | int]]:
-    """Top-level fields of a protobuf message (just enough wire format to inspect ModelProto)."""
-    fields: dict[int, list[bytes | int]] = {}
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire == 1:
-            value, pos = data[pos : pos + 8], pos + 8
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            value, pos = data[pos : pos + length], pos + length
-        elif wire == 5:
-            value, pos = data[pos : pos + 4], pos + 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        if pos > len(data):
-            raise ValueError("truncated field")
-        fields.setdefault(number, []).append(value)
-    return fields
-
-
-def _has_denormalizer(model_proto: bytes) -> bool:
-    """Whether the SentencePiece model rewrites decoded text as a whole (ModelProto field 5,
-    ``denormalizer_spec``, with a non-empty ``precompiled_charsmap``, field 2). When in doubt: yes."""
-    try:
-        for spec in _proto_fields(model_proto).get(5, []):
-            if isinstance(spec, int):
-                return True
-            if any(isinstance(m, bytes) and m for m in _proto_fields(spec).get(2, [])):
-                return True
-        return False
-    except ValueError:
-        return True
-
-
-def _token_content(value: Any, what: str) -> tuple[str, dict]:
+def token_content(value: Any, what: str) -> tuple[str, dict]:
     """(content, flags) of a special-token entry: a string, or a dict with "content"."""
     if isinstance(value, str):
         return value, {}
@@ -256,10 +122,6 @@ class _Added:
 _SKIP, _LEGACY, _SPECIAL, _NORMAL = range(4)
 # kinds of parts for encoding: text a user typed, text of the chat markup, a special token
 _PLAIN_TEXT, _MARKUP_TEXT, _TOKEN = range(3)
-
-
-# --------------------------------------------------------------------------------------------
-# SentencePiece (released InternLM2 layout)
 
 
 class SentencePieceTokenizer:
@@ -331,7 +193,7 @@ class SentencePieceTokenizer:
                     raise TokenizerError(
                         f"{TOKENIZER_CONFIG_FILE}: added_tokens_decoder[{key!r}] must be an object, got {entry!r}"
                     )
-                content, flags = _token_content(entry, f"{TOKENIZER_CONFIG_FILE}: added_tokens_decoder[{key!r}]")
+                content, flags = token_content(entry, f"{TOKENIZER_CONFIG_FILE}: added_tokens_decoder[{key!r}]")
                 decoder[index] = _Added(content, bool(entry.get("special", False)), **flags)
         else:
             # Legacy layout: special_tokens_map.json overrides the config, added_tokens.json adds tokens.
@@ -340,9 +202,9 @@ class SentencePieceTokenizer:
                     if not isinstance(value, list):
                         raise TokenizerError(f"{SPECIAL_TOKENS_MAP_FILE}: additional_special_tokens must be a list")
                     merged = list(kwargs.get("additional_special_tokens") or [])
-                    seen = {_token_content(t, SPECIAL_TOKENS_MAP_FILE)[0] for t in merged}
+                    seen = {token_content(t, SPECIAL_TOKENS_MAP_FILE)[0] for t in merged}
                     for token in value:
-                        content = _token_content(token, f"{SPECIAL_TOKENS_MAP_FILE}: additional_special_tokens")[0]
+                        content = token_content(token, f"{SPECIAL_TOKENS_MAP_FILE}: additional_special_tokens")[0]
                         if content not in seen:
                             merged.append(token)
                             seen.add(content)
@@ -353,9 +215,9 @@ class SentencePieceTokenizer:
                 specials = set()
                 for key in _SPECIAL_ATTRIBUTES:
                     if kwargs.get(key) is not None:
-                        specials.add(_token_content(kwargs[key], key)[0])
+                        specials.add(token_content(kwargs[key], key)[0])
                 for token in kwargs.get("additional_special_tokens") or []:
-                    specials.add(_token_content(token, "additional_special_tokens")[0])
+                    specials.add(token_content(token, "additional_special_tokens")[0])
                 for content, index in added_tokens.items():
                     if not isinstance(content, str) or not content:
                         raise TokenizerError(f"{ADDED_TOKENS_FILE}: token {content!r} is not a non-empty string")
@@ -378,10 +240,10 @@ class SentencePieceTokenizer:
         for key in _SPECIAL_ATTRIBUTES:
             value = kwargs.get(key, _DEFAULT_SPECIALS.get(key))
             if value is not None:
-                named[key] = _token_content(value, key)
+                named[key] = token_content(value, key)
         additional: list[tuple[str, dict]] = []
         for token in kwargs.get("additional_special_tokens") or []:
-            entry = _token_content(token, "additional_special_tokens")
+            entry = token_content(token, "additional_special_tokens")
             if entry[0] not in [a[0] for a in additional]:
                 additional.append(entry)
         self._named_specials = {k: v[0] for k, v in named.items()}
@@ -466,7 +328,7 @@ class SentencePieceTokenizer:
         parts = {}
         for name in (ADDED_TOKENS_FILE, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE):
             file = folder / name
-            parts[name] = _read_json(file, name) if file.is_file() else None
+            parts[name] = read_json(file, name) if file.is_file() else None
         try:
             return cls(proto, parts[ADDED_TOKENS_FILE], parts[SPECIAL_TOKENS_MAP_FILE], parts[TOKENIZER_CONFIG_FILE])
         except TokenizerError as e:
@@ -481,7 +343,7 @@ class SentencePieceTokenizer:
         (out / MODEL_FILE).write_bytes(self._proto)
         # As transformers' save_pretrained: the added tokens beyond the SentencePiece vocabulary.
         added = {a.content: i for i, a in sorted(self._decoder.items()) if i >= self._sp_size}
-        _write_json(out / ADDED_TOKENS_FILE, added)
+        write_json(out / ADDED_TOKENS_FILE, added)
         special_map = self._special_map_raw
         if special_map is None:
             special_map = {}
@@ -490,7 +352,7 @@ class SentencePieceTokenizer:
             for key in _SPECIAL_ATTRIBUTES:
                 if key in self._named_specials:
                     special_map[key] = self._named_specials[key]
-        _write_json(out / SPECIAL_TOKENS_MAP_FILE, special_map)
+        write_json(out / SPECIAL_TOKENS_MAP_FILE, special_map)
         config = self._config_raw
         if config is None:
             config = {
@@ -500,7 +362,7 @@ class SentencePieceTokenizer:
                 "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
                 **{k: v for k, v in self._named_specials.items()},
             }
-        _write_json(out / TOKENIZER_CONFIG_FILE, config)
+        write_json(out / TOKENIZER_CONFIG_FILE, config)
         return out
 
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
@@ -534,7 +396,7 @@ class SentencePieceTokenizer:
                 # Into the JSON objects that save() writes back.
                 if self._special_map_raw is not None:
                     listed = self._special_map_raw.setdefault("additional_special_tokens", [])
-                    if token not in [_token_content(t, SPECIAL_TOKENS_MAP_FILE)[0] for t in listed]:
+                    if token not in [token_content(t, SPECIAL_TOKENS_MAP_FILE)[0] for t in listed]:
                         listed.append(token)
                 config = self._config_raw
                 if config is not None:
@@ -548,7 +410,7 @@ class SentencePieceTokenizer:
                         config.setdefault("additional_special_tokens", [])
                     listed = config.get("additional_special_tokens")
                     if isinstance(listed, list) and token not in [
-                        _token_content(t, TOKENIZER_CONFIG_FILE)[0] for t in listed
+                        token_content(t, TOKENIZER_CONFIG_FILE)[0] for t in listed
                     ]:
                         listed.append(token)
             ids.append(index)
@@ -740,12 +602,12 @@ class SentencePieceTokenizer:
     def _clean(self, text: str) -> str:
         """The chunk cleanup, then the final one when ``clean_up_tokenization_spaces``; only
         for text with no legacy tokens in it (one chunk)."""
-        text = _cleanup(text)
-        return _cleanup(text) if self.clean_up_tokenization_spaces else text
+        text = cleanup(text)
+        return cleanup(text) if self.clean_up_tokenization_spaces else text
 
     def decode(self, ids: IdsLike, skip_special_tokens: bool = True) -> str:
         """Text of ``ids`` as the released tokenizer's ``decode`` gives it (module docstring)."""
-        ids = [self._check_id(i) for i in _as_id_list(ids)]
+        ids = [self._check_id(i) for i in as_id_list(ids)]
         if skip_special_tokens:
             kept = [i for i in ids if i not in self._skip_ids]
             if self._legacy_ids.isdisjoint(kept):  # the common case: a single chunk of pieces
@@ -768,7 +630,7 @@ class SentencePieceTokenizer:
         if chunk:
             sub_texts.append(self._chunk_text(chunk))
         text = (" " if self.spaces_between_special_tokens else "").join(sub_texts)
-        return _cleanup(text) if self.clean_up_tokenization_spaces else text
+        return cleanup(text) if self.clean_up_tokenization_spaces else text
 
     def _chunk_text(self, chunk: list[int]) -> str:
         """InternLM2Tokenizer.convert_tokens_to_string on the tokens of ``chunk``."""
@@ -788,9 +650,14 @@ class SentencePieceTokenizer:
                 prev_special = False
         if run:
             out.append(self._sp.decode(run))
-        return _cleanup("".join(out))
+        return cleanup("".join(out))
 
-    # ---- what StreamDecoder needs ---------------------------------------------------------------
+    # ---- streaming ------------------------------------------------------------------------------
+
+    def stream_decoder(self, skip_special_tokens: bool = True) -> IncrementalDecoder:
+        """An incremental decoder giving exactly ``decode``'s text (see ``_SentencePieceStream``)."""
+        return _SentencePieceStream(self, skip_special_tokens)
+
 
     def _stream_anchor(self) -> tuple[int, str] | None:
         """A piece to decode in front of a window of ids so that SentencePiece treats the window
@@ -799,7 +666,7 @@ class SentencePieceTokenizer:
         (which rewrites the decoded text as a whole) or no such piece exists."""
         if self._anchor is False:
             self._anchor = None
-            if not _has_denormalizer(self._proto):
+            if not has_denormalizer(self._proto):
                 sp = self._sp
                 for index in range(self._sp_size):
                     if sp.is_control(index) or sp.is_unknown(index) or sp.is_byte(index) or sp.is_unused(index):
@@ -825,331 +692,61 @@ class SentencePieceTokenizer:
         )
 
 
-# --------------------------------------------------------------------------------------------
-# transformers
+class _SentencePieceStream(IncrementalDecoder):
+    """Exact streaming for :class:`SentencePieceTokenizer`.
 
-
-class TransformersTokenizer:
-    """An ordinary transformers tokenizer folder behind the same interface (no remote code).
-
-    transformers is an optional dependency of hovle; it is imported only here."""
-
-    def __init__(self, tokenizer: Any):
-        self.hf_tokenizer = tokenizer
-        self._vocab = dict(tokenizer.get_vocab())
-        self._token_re: re.Pattern | None = None
-        self._wrapping: tuple[list[int], list[int]] | None = None
-
-    @classmethod
-    def from_folder(cls, path: str | Path) -> "TransformersTokenizer":
-        folder = Path(path)
-        if not folder.is_dir():
-            raise TokenizerError(f"{folder} is not a folder")
-        try:
-            import transformers
-        except ImportError:
-            raise TokenizerError(
-                f"{folder} holds a transformers tokenizer; loading it needs the transformers package "
-                "(pip install transformers)"
-            ) from None
-        # AutoTokenizer also reads the folder's config.json: a HoVLE folder's model type is unknown to
-        # transformers, which then warns about a type it does not need; keep its log to errors.
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()
-        try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(
-                str(folder), trust_remote_code=False, local_files_only=True
-            )
-        except Exception as e:  # transformers raises many kinds (OSError, ValueError, Exception from Rust)
-            raise TokenizerError(
-                f"transformers cannot load the tokenizer in {folder}: {type(e).__name__}: {e}"
-            ) from None
-        finally:
-            transformers.logging.set_verbosity(verbosity)
-        if isinstance(tokenizer, bool) or not hasattr(tokenizer, "encode"):
-            raise TokenizerError(f"transformers did not return a tokenizer for {folder}")
-        return cls(tokenizer)
-
-    @classmethod
-    def from_gguf(cls, file: str | Path) -> "TransformersTokenizer":
-        """The tokenizer stored in a GGUF file, read by transformers (needs ``hovle[gguf]``)."""
-        from ..llm_files import import_gguf_support
-
-        file = Path(file)
-        transformers = import_gguf_support()
-        try:
-            hf = transformers.AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name, local_files_only=True)
-        except Exception as e:  # transformers raises many kinds (ValueError, KeyError, Exception from Rust)
-            raise TokenizerError(f"transformers cannot read a tokenizer from {file}: {type(e).__name__}: {e}") from None
-        return cls(hf)
-
-    def save(self, folder: str | Path) -> Path:
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        self.hf_tokenizer.save_pretrained(str(out))
-        return out
-
-    def add_special_tokens(self, tokens: list[str]) -> list[int]:
-        """Make ``tokens`` special tokens (never split, dropped by ``skip_special_tokens``); returns
-        their ids, in order. Tokens not in the vocabulary get new ids after it; ``save`` keeps them."""
-        if isinstance(tokens, str) or not all(isinstance(t, str) and t for t in tokens):
-            raise TokenizerError(f"add_special_tokens takes a list of non-empty strings, got {tokens!r}")
-        import inspect
-
-        from tokenizers import AddedToken
-
-        tok = self.hf_tokenizer
-        new = [AddedToken(t, lstrip=False, rstrip=False, normalized=False, special=True) for t in tokens]
-        # transformers 5 names the keyword replace_extra_special_tokens, 4.x replace_additional_special_tokens
-        parameters = inspect.signature(tok.add_special_tokens).parameters
-        keep = next((k for k in ("replace_extra_special_tokens", "replace_additional_special_tokens") if k in parameters), None)
-        tok.add_special_tokens({"additional_special_tokens": new}, **({keep: False} if keep else {}))
-        self._vocab = dict(tok.get_vocab())
-        self._token_re = None
-        return [self._vocab[t] for t in tokens]
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.hf_tokenizer)
-
-    def __len__(self) -> int:
-        return len(self.hf_tokenizer)
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self.hf_tokenizer.bos_token_id
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self.hf_tokenizer.eos_token_id
-
-    @property
-    def pad_token_id(self) -> int | None:
-        return self.hf_tokenizer.pad_token_id
-
-    @property
-    def unk_token_id(self) -> int | None:
-        return self.hf_tokenizer.unk_token_id
-
-    @property
-    def special_tokens(self) -> dict[str, int]:
-        tok = self.hf_tokenizer
-        out = dict(tok.get_added_vocab())
-        for token in tok.all_special_tokens:
-            index = self._vocab.get(token)
-            if index is not None:
-                out[token] = index
-        return out
-
-    @property
-    def all_special_ids(self) -> list[int]:
-        """Ids of the special and added tokens."""
-        return sorted(set(self.hf_tokenizer.all_special_ids) | set(self.special_tokens.values()))
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        if not isinstance(text, str):
-            raise TokenizerError(f"encode takes a string, got {type(text).__name__}")
-        return list(self.hf_tokenizer.encode(text, add_special_tokens=add_special_tokens))
-
-    def encode_spans(self, spans: Sequence[tuple[str, bool]], add_special_tokens: bool = True) -> list[int]:
-        """Like :meth:`SentencePieceTokenizer.encode_spans`: special tokens only from markup spans.
-
-        When no plain span holds a special-token string this is ``encode`` of the joined text;
-        otherwise the text between markup tokens is encoded with ``split_special_tokens=True``.
-        """
-        for text, _ in spans:
-            if not isinstance(text, str):
-                raise TokenizerError(f"encode takes strings, got {type(text).__name__}")
-        pattern = self._special_pattern()
-        joined = "".join(text for text, _ in spans)
-        if pattern is None or not any(not markup and pattern.search(text) for text, markup in spans):
-            return self.encode(joined, add_special_tokens)
-        ids: list[int] = []
-        run = ""
-        for text, markup in spans:
-            pieces = pattern.split(text) if markup else [text]
-            for i, piece in enumerate(pieces):
-                if i % 2:  # a captured token
-                    ids += self._encode_plain(run)
-                    ids.append(self._vocab[piece])
-                    run = ""
-                else:
-                    run += piece
-        ids += self._encode_plain(run)
-        if add_special_tokens:
-            before, after = self._special_wrapping()
-            ids = before + ids + after
-        return ids
-
-    def _encode_plain(self, text: str) -> list[int]:
-        if not text:
-            return []
-        return list(self.hf_tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
-
-    def _special_pattern(self) -> re.Pattern | None:
-        """A capturing regex of every special or added token string, longest first."""
-        if self._token_re is None:
-            contents = sorted((t for t in self.special_tokens if t), key=len, reverse=True)
-            self._token_re = re.compile("(" + "|".join(map(re.escape, contents)) + ")") if contents else False
-        return self._token_re or None
-
-    def _special_wrapping(self) -> tuple[list[int], list[int]]:
-        """The ids ``add_special_tokens=True`` puts before and after a text (BOS, EOS ...)."""
-        if self._wrapping is None:
-            bare = self.encode("a", add_special_tokens=False)
-            full = self.encode("a", add_special_tokens=True)
-            at = next((i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare), None)
-            self._wrapping = ([], []) if at is None else (full[:at], full[at + len(bare):])
-        return self._wrapping
-
-    def decode(self, ids: IdsLike, skip_special_tokens: bool = True) -> str:
-        ids = [self._check_id(i) for i in _as_id_list(ids)]
-        return self.hf_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
-
-    def token_to_id(self, token: str) -> int | None:
-        return self._vocab.get(token)
-
-    def id_to_token(self, i: int) -> str:
-        token = self.hf_tokenizer.convert_ids_to_tokens(self._check_id(i))
-        if token is None:
-            raise TokenizerError(f"token id {i} has no token")
-        return token
-
-    def _check_id(self, i: Any) -> int:
-        try:
-            index = operator.index(i)
-        except TypeError:
-            raise TokenizerError(f"token ids must be integers, got {i!r}") from None
-        if not 0 <= index < len(self.hf_tokenizer):
-            raise TokenizerError(f"token id {index} is outside the vocabulary (size {len(self.hf_tokenizer)})")
-        return index
-
-    def __repr__(self) -> str:
-        return f"TransformersTokenizer({type(self.hf_tokenizer).__name__}, vocab_size={self.vocab_size})"
-
-
-# --------------------------------------------------------------------------------------------
-# loading
-
-
-def load_tokenizer(folder: str | Path, gguf_file: str | Path | None = None) -> SentencePieceTokenizer | TransformersTokenizer:
-    """The tokenizer of a local folder, without remote code.
-
-    The SentencePiece path (:class:`SentencePieceTokenizer`) when the folder has
-    ``tokenizer.model`` and its ``tokenizer_config.json`` names ``InternLM2Tokenizer``, or maps
-    ``AutoTokenizer`` to remote code (``auto_map``), or there is no ``tokenizer.json``; the
-    transformers path (:class:`TransformersTokenizer`) for any other folder with tokenizer files.
-    """
-    path = Path(folder)
-    if not path.is_dir():
-        raise TokenizerError(f"{path} is not a folder")
-    config_path = path / TOKENIZER_CONFIG_FILE
-    config = _read_json(config_path, TOKENIZER_CONFIG_FILE) if config_path.is_file() else {}
-    if not isinstance(config, dict):
-        raise TokenizerError(f"{config_path} must hold a JSON object")
-    has_model = (path / MODEL_FILE).is_file()
-    has_json = (path / TOKENIZER_JSON_FILE).is_file()
-    auto_map = config.get("auto_map")
-    remote = bool(auto_map) and (not isinstance(auto_map, dict) or "AutoTokenizer" in auto_map)
-    if has_model and (config.get("tokenizer_class") in _INTERNLM2_CLASSES or remote or not has_json):
-        return SentencePieceTokenizer.from_folder(path)
-    if has_json or any((path / name).is_file() for name in _TRANSFORMERS_FILES):
-        return TransformersTokenizer.from_folder(path)
-    if gguf_file is not None:
-        file = path / gguf_file if (path / gguf_file).is_file() else Path(gguf_file)
-        return TransformersTokenizer.from_gguf(file)
-    raise TokenizerError(
-        f"{path} has no tokenizer files (expected {MODEL_FILE}, as in the released HoVLE folder, "
-        f"or a transformers {TOKENIZER_JSON_FILE})"
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# streaming
-
-
-class StreamDecoder:
-    """Incremental detokenizer: ``push(id)`` returns the text that id completes (possibly ""),
-    ``flush()`` the rest; everything pushed and flushed concatenates to
-    ``tokenizer.decode(all_ids, skip_special_tokens)``.
-
-    Text is held back while it may still change: a tail of U+FFFD that later byte-fallback
-    pieces can complete into one character, and a last character after which
-    ``clean_up_tokenization`` could still delete a space (" ", "'", "n", "v", "r"; see
-    ``_UNSAFE_LAST_CHARS``).
-
-    * :class:`SentencePieceTokenizer`, ``skip_special_tokens=True`` (what chat streams): exact and
-      O(1) amortised per id. The ids since the last *commit* are decoded as a window, in front of
-      which a fixed anchor piece stands in for the earlier text (so SentencePiece keeps the
-      window's leading spaces); a commit happens whenever the window's text is final (last piece
-      not a byte piece, last character safe for the cleanup, some text already out so
-      SentencePiece's leading-space rule no longer applies), so windows stay a few ids long.
-      Skipped (special) ids change nothing. If a non-special added token (a "legacy" one, which
-      joins with spaces) shows up, the decoder switches to the path below.
-    * :class:`SentencePieceTokenizer` otherwise (``skip_special_tokens=False``): a normal run
-      after a special token only takes its final form at the next special token (the released
-      code inserts a space *before* the run when one arrives), so text is emitted at every
-      special or added token, by decoding everything so far (O(n) at each such token), and the
-      rest at ``flush``.
-    * Other tokenizers: the whole sequence is decoded at every push (O(n) each, O(n^2) in all:
-      fine for answers of a few thousand tokens) and the new stable suffix emitted; exact for
-      tokenizers whose decoded text only grows at the end (byte-level BPE, Metaspace), as
-      transformers' own ones do.
-
-    ``flush`` ends the stream: the decoder is then empty and can start a new one.
+    * ``skip_special_tokens=True`` (what chat streams): O(1) amortised per id. The ids since the
+      last *commit* are decoded as a window, in front of which a fixed anchor piece stands in for
+      the earlier text (so SentencePiece keeps the window's leading spaces); a commit happens
+      whenever the window's text is final (last piece not a byte piece, last character safe for
+      the cleanup, some text already out so SentencePiece's leading-space rule no longer
+      applies), so windows stay a few ids long. Skipped (special) ids change nothing. If a
+      non-special added token (a "legacy" one, which joins with spaces) shows up, the stream
+      switches to the boundary mode below.
+    * Otherwise (``skip_special_tokens=False``): a normal run after a special token only takes its
+      final form at the next special token (the released code inserts a space *before* the run
+      when one arrives), so text is emitted at every special or added token, by decoding
+      everything so far (O(n) at each such token), and the rest at ``flush``.
     """
 
-    def __init__(self, tokenizer: SentencePieceTokenizer | TransformersTokenizer, skip_special_tokens: bool = True):
-        self.tokenizer = tokenizer
-        self.skip_special_tokens = bool(skip_special_tokens)
-        self._reset()
-
-    def _reset(self) -> None:
-        tok = self.tokenizer
-        self._ids: list[int] = []
-        self._emitted = 0  # characters of the final text returned so far
-        if isinstance(tok, SentencePieceTokenizer):
-            self._mode = "window" if self.skip_special_tokens and tok._stream_anchor() is not None else "boundary"
-        else:
-            self._mode = "full"
-        self._window: list[int] = []  # "window" mode: ids since the last commit
+    def __init__(self, tokenizer: SentencePieceTokenizer, skip_special_tokens: bool = True):
+        super().__init__(tokenizer, skip_special_tokens)
+        self._window_mode = self.skip_special_tokens and tokenizer._stream_anchor() is not None
+        self._window: list[int] = []  # window mode: ids since the last commit
         self._committed = 0  # characters of final text for the ids before the window
         self._started = False  # whether anything was committed (the window is a continuation)
 
     def push(self, token_id: int) -> str:
         tok = self.tokenizer
-        check = getattr(tok, "_check_id", None)  # any object with encode/decode works in "full" mode
-        index = check(token_id) if check is not None else operator.index(token_id)
+        index = tok._check_id(token_id)
         self._ids.append(index)
-        if self._mode == "window":
+        if self._window_mode:
             kind = tok._kind(index, True)
             if kind == _SKIP:
                 return ""
             if kind == _NORMAL:
                 return self._push_window(index)
-            self._mode = "boundary"  # a legacy added token: chunks joined with spaces from here on
-        if self._mode == "boundary":
-            kind = tok._kind(index, self.skip_special_tokens)
-            if kind in (_LEGACY, _SPECIAL) and _is_cut_safe(tok.id_to_token(index)):
-                return self._emit(tok.decode(self._ids, self.skip_special_tokens))
-            return ""
-        return self._emit(self._stable(tok.decode(self._ids, self.skip_special_tokens)))
+            self._window_mode = False  # a legacy added token: chunks joined with spaces from here on
+        kind = tok._kind(index, self.skip_special_tokens)
+        if kind in (_LEGACY, _SPECIAL) and is_cut_safe(tok.id_to_token(index)):
+            return self._emit(tok.decode(self._ids, self.skip_special_tokens))
+        return ""
 
     def _push_window(self, index: int) -> str:
         tok = self.tokenizer
         self._window.append(index)
         raw = tok._continuation(self._window) if self._started else tok.sp_model.decode(self._window)
         if raw is None:  # cannot happen with a valid anchor; stay exact anyway
-            self._mode = "boundary"
+            self._window_mode = False
             return ""
         is_byte = tok.sp_model.is_byte(index)
         stable = raw
         if is_byte:  # an incomplete UTF-8 sequence decodes to at most 3 U+FFFD, which may still merge
             for _ in range(3):
-                if stable.endswith(_REPLACEMENT_CHAR):
+                if stable.endswith(REPLACEMENT_CHAR):
                     stable = stable[:-1]
         cut = len(stable)
-        while cut and stable[cut - 1] in _UNSAFE_LAST_CHARS:
+        while cut and stable[cut - 1] in UNSAFE_LAST_CHARS:
             cut -= 1
         # The text before the window ends with a safe character (or is empty), so the window's
         # cleanup is independent of it, and so is the part before ``cut`` of what follows.
@@ -1162,32 +759,11 @@ class StreamDecoder:
             self._started = True
         return out
 
-    def _stable(self, text: str) -> str:
-        end = len(text)
-        for _ in range(3):
-            if end and text[end - 1] == _REPLACEMENT_CHAR:
-                end -= 1
-        while end and text[end - 1] in _UNSAFE_LAST_CHARS:
-            end -= 1
-        return text[:end]
-
-    def _emit(self, stable: str) -> str:
-        if len(stable) <= self._emitted:
-            return ""
-        out = stable[self._emitted :]
-        self._emitted = len(stable)
-        return out
-
     def flush(self) -> str:
-        """The text not returned yet; ends the stream."""
-        if self._mode == "window":
-            tok = self.tokenizer
-            raw = tok._continuation(self._window) if self._started else tok.sp_model.decode(self._window)
-            if raw is None:
-                rest = tok.decode(self._ids, True)[self._emitted :]
-            else:
-                rest = tok._clean(raw)[self._emitted - self._committed :]
-        else:
-            rest = self.tokenizer.decode(self._ids, self.skip_special_tokens)[self._emitted :]
-        self._reset()
-        return rest
+        if not self._window_mode:
+            return super().flush()
+        tok = self.tokenizer
+        raw = tok._continuation(self._window) if self._started else tok.sp_model.decode(self._window)
+        if raw is None:
+            return tok.decode(self._ids, True)[self._emitted :]
+        return tok._clean(raw)[self._emitted - self._committed :]
