@@ -14,7 +14,7 @@ from .errors import SettingsError
 from .generation import stream_tokens
 from .processing.processor import HoVLEProcessor
 from .processing.prompts import PromptError, with_image_placeholders
-from .processing.tokenizer import SentencePieceTokenizer, StreamDecoder, TokenizerError, TransformersTokenizer
+from .processing.tokenizer import StreamDecoder, Tokenizer, TokenizerError, TransformersTokenizer
 
 _GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "eos_token_id",
                     "pad_token_id", "generator")
@@ -22,12 +22,13 @@ _GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_
 
 def as_processor(model, tokenizer_or_processor) -> HoVLEProcessor:
     """A processor for the model from what a chat call was given: a ``HoVLEProcessor``, a hovle
-    tokenizer (``load_tokenizer``), or a transformers tokenizer object (as the released
-    ``model.chat(tokenizer, ...)`` takes one), which is wrapped."""
+    tokenizer (any :class:`~hovle.processing.tokenizer.Tokenizer`, e.g. from ``load_tokenizer``),
+    or a transformers tokenizer object (as the released ``model.chat(tokenizer, ...)`` takes one),
+    which is wrapped."""
     given = tokenizer_or_processor
     if isinstance(given, HoVLEProcessor):
         return given
-    if isinstance(given, (SentencePieceTokenizer, TransformersTokenizer)):
+    if isinstance(given, Tokenizer):
         return HoVLEProcessor(model.config, given)
     if callable(getattr(given, "convert_tokens_to_ids", None)) and callable(getattr(given, "get_vocab", None)):
         return HoVLEProcessor(model.config, TransformersTokenizer(given))

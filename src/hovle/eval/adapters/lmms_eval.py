@@ -127,7 +127,7 @@ class HoVLELMMs(lmms):
             prompt_ids, pixel_values = self._encode(context, self._visuals(doc_to_visual, doc_id, task, split))
             # The reply as the model was trained to write it (after its reply prefix, if any).
             reply = self.processor.reply_prefix + str(continuation)
-            target = self.processor.tokenizer.encode(reply, add_special_tokens=False)
+            target = self.processor.tokenizer.encode_spans([(reply, False)], add_special_tokens=False)
             ids = torch.tensor([prompt_ids + target], device=self.model.device)
             if pixel_values is not None:
                 pixel_values = pixel_values.to(self.model.device, self.model.dtype)
