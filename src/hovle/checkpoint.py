@@ -288,6 +288,8 @@ def save_model(model, path: str | Path, max_shard_size: int | str = "5GB") -> Pa
     notes) are carried over; old weight files are not, so they cannot shadow the new ones.
     """
     folder = Path(path).resolve()  # names its parent even for "."
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{path} is a file, not a checkpoint folder")
     limit = _parse_size(max_shard_size)
     tensors = {k: t.detach().to("cpu").contiguous() for k, t in to_file_names(model.state_dict(), model.config).items()}
     _recover_interrupted_save(folder)
