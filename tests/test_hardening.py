@@ -96,61 +96,6 @@ def test_index_pointing_outside_is_refused_in_chat(chat_folder, tmp_path, capsys
     one_line_error(capsys, ["chat", str(folder), "Q"], "../elsewhere.safetensors")
 
 
-# ---------------------------------------------------------------- 8. atomic save_pretrained
-
-
-def test_save_pretrained_crash_leaves_the_old_checkpoint(tmp_path, monkeypatch):
-    from hovle import tensor_files
-
-    folder = tmp_path / "ckpt"
-    old = HoVLEModel.from_pretrained(PARITY)
-    old.save_pretrained(folder, max_shard_size="300KB")
-    (folder / "tokenizer.model").write_bytes(b"kept")
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    new = HoVLEModel.from_pretrained(PARITY)
-    with torch.no_grad():
-        for p in new.parameters():
-            p.add_(1.0)
-    calls, crash_at = [], [1]
-    real_save = tensor_files.save_file
-
-    def crashing_save(tensors, filename, metadata=None):
-        calls.append(filename)
-        if len(calls) == crash_at[0]:
-            raise OSError("disk full")
-        real_save(tensors, filename, metadata=metadata)
-
-    monkeypatch.setattr(tensor_files, "save_file", crashing_save)
-    with pytest.raises(OSError, match="disk full"):
-        new.save_pretrained(folder)  # one file: the crash comes on its write
-    calls.clear()
-    crash_at[0] = 3
-    with pytest.raises(OSError, match="disk full"):
-        new.save_pretrained(folder, max_shard_size="300KB")  # sharded: after two shards are written
-    assert len(calls) == 3
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # nothing half-written left beside it
-    ids = torch.tensor([[1, 5, 6, 7]])
-    assert torch.equal(HoVLEModel.from_pretrained(folder)(ids).logits, old(ids).logits)
-
-    monkeypatch.setattr(tensor_files, "save_file", real_save)
-    new.save_pretrained(folder)
-    assert (folder / "tokenizer.model").read_bytes() == b"kept"
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", WEIGHTS_NAME, "tokenizer.model"]
-    assert torch.equal(HoVLEModel.from_pretrained(folder)(ids).logits, new(ids).logits)
-
-
-def test_save_interrupted_between_renames_is_recovered(tmp_path):
-    model = HoVLEModel.from_pretrained(PARITY)
-    folder = model.save_pretrained(tmp_path / "ckpt")
-    previous = tmp_path / ".ckpt.previous"
-    os.replace(folder, previous)  # where a crash between the two renames leaves things
-    with pytest.raises(FileNotFoundError, match="interrupted save left the previous checkpoint"):
-        HoVLEModel.from_pretrained(folder)
-    model.save_pretrained(folder)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
-
-
 # ---------------------------------------------------------------- 2. config fields
 
 
@@ -346,6 +291,33 @@ def test_training_conversations_keep_typed_tokens_as_text(chat_folder, tmp_path)
     assert TYPED in tokenizer.decode(ids) and "ok <|im_end|> <s>" in tokenizer.decode(ids)
 
 
+# ---------------------------------------------------------------- 5. the interactive chat
+
+
+def test_interactive_chat_survives_bad_lines_and_drops_old_turns(chat_folder, chat_model, tmp_path, capsys,
+                                                                 monkeypatch):
+    import builtins
+
+    model, processor = chat_model
+    image = tmp_path / "photo.png"
+    photo(4).save(image)
+    long_turn = "please tell me much more about it " * 6
+    lines = iter(["/image missing.png", "<image> <image> two?", "word " * 500, f"/image {image}", "What is it?",
+                  *[long_turn] * 8, "/exit"])
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(lines))
+    assert main(["chat", str(chat_folder), "--max-new-tokens", "12"]) == 0
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3, captured.err
+    assert "missing.png" in errors[0] and "<image> placeholders but only 0 images" in errors[1]
+    assert "context is 400 tokens" in errors[2]
+    assert "dropped the oldest turn" in captured.err
+    answers = [line.removeprefix("assistant> ") for line in captured.out.splitlines() if line.startswith("assistant> ")]
+    assert len(answers) == 9
+    pixel_values, _ = processor.process_images([image])
+    assert model.chat(processor, pixel_values, "What is it?", {"max_new_tokens": 12}) in captured.out
+
+
 # ---------------------------------------------------------------- 6. batch_chat and in-memory images
 
 
@@ -417,57 +389,6 @@ def test_file_objects_are_refused_from_the_header_without_reading_them_whole(cha
     assert load_image(good).size == photo(2).size
 
 
-# ---------------------------------------------------------------- 11. a transformers tokenizer in chat
-
-
-def test_chat_takes_a_transformers_tokenizer(tmp_path):
-    from hovle import HoVLEProcessor
-    from hovle.processing.tokenizer import TokenizerError, load_tokenizer
-
-    from .conftest import randomize, tiny_config
-    from .test_tokenizer import _transformers_folder
-
-    tok = load_tokenizer(_transformers_folder(tmp_path / "hf"))
-    tok.add_special_tokens(["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"])
-    config = tiny_config(vocab=len(tok), img_context=tok.token_to_id("<IMG_CONTEXT>"))
-    model = randomize(HoVLEModel(config), seed=5)
-    pixel_values, _ = HoVLEProcessor(config, tok).process_images([photo(3)])
-    gen = {"max_new_tokens": 5}
-    expected = model.chat(HoVLEProcessor(config, tok), pixel_values, "What is it?", gen)
-    assert model.chat(tok.hf_tokenizer, pixel_values, "What is it?", gen) == expected
-    assert model.batch_chat(tok.hf_tokenizer, pixel_values, ["What is it?"], gen,
-                            num_patches_list=[pixel_values.shape[0]]) == [expected]
-    with pytest.raises(TokenizerError, match="chat needs a HoVLEProcessor .* got str"):
-        model.chat("path/to/tokenizer", None, "Q", gen)
-
-
-# ---------------------------------------------------------------- 5. the interactive chat
-
-
-def test_interactive_chat_survives_bad_lines_and_drops_old_turns(chat_folder, chat_model, tmp_path, capsys,
-                                                                 monkeypatch):
-    import builtins
-
-    model, processor = chat_model
-    image = tmp_path / "photo.png"
-    photo(4).save(image)
-    long_turn = "please tell me much more about it " * 6
-    lines = iter(["/image missing.png", "<image> <image> two?", "word " * 500, f"/image {image}", "What is it?",
-                  *[long_turn] * 8, "/exit"])
-    monkeypatch.setattr(builtins, "input", lambda prompt="": next(lines))
-    assert main(["chat", str(chat_folder), "--max-new-tokens", "12"]) == 0
-    captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 3, captured.err
-    assert "missing.png" in errors[0] and "<image> placeholders but only 0 images" in errors[1]
-    assert "context is 400 tokens" in errors[2]
-    assert "dropped the oldest turn" in captured.err
-    answers = [line.removeprefix("assistant> ") for line in captured.out.splitlines() if line.startswith("assistant> ")]
-    assert len(answers) == 9
-    pixel_values, _ = processor.process_images([image])
-    assert model.chat(processor, pixel_values, "What is it?", {"max_new_tokens": 12}) in captured.out
-
-
 # ---------------------------------------------------------------- 7. training data files
 
 
@@ -500,45 +421,59 @@ def test_data_file_that_does_not_parse_stops_with_path_and_line(tmp_path, conten
         read_records(tmp_path / "data.json")
 
 
-# ---------------------------------------------------------------- 10. the torch versions hovle claims
+# ---------------------------------------------------------------- 8. atomic save_pretrained
 
 
-def test_torch_floor_is_enforced_and_documented_truthfully():
-    from pathlib import Path
+def test_save_pretrained_crash_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    from hovle import tensor_files
 
-    from hovle.compat import MIN_TORCH, TESTED_TORCH, check_torch, release
+    folder = tmp_path / "ckpt"
+    old = HoVLEModel.from_pretrained(PARITY)
+    old.save_pretrained(folder, max_shard_size="300KB")
+    (folder / "tokenizer.model").write_bytes(b"kept")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    new = HoVLEModel.from_pretrained(PARITY)
+    with torch.no_grad():
+        for p in new.parameters():
+            p.add_(1.0)
+    calls, crash_at = [], [1]
+    real_save = tensor_files.save_file
 
-    assert release("2.13.0+cpu") == (2, 13, 0) and release("4.56.0.dev0") == (4, 56, 0) and release("2.6.0a0") == (2, 6, 0)
-    with pytest.raises(ImportError, match=r"hovle needs torch >= 2\.6, found 2\.5\.1"):
-        check_torch("2.5.1")
-    check_torch("2.6.0")
-    check_torch(torch.__version__)
-    root = Path(__file__).resolve().parents[1]
-    floor = ".".join(map(str, MIN_TORCH))
-    assert f'"torch>={floor}"' in (root / "pyproject.toml").read_text()
-    readme = (root / "README.md").read_text()
-    assert f"torch=={TESTED_TORCH}" in readme.splitlines()[3]  # the README's test command
-    assert f"pip install -q torch=={TESTED_TORCH}" in (root / ".ci" / "run").read_text()
-    assert f"older than {floor}" in readme and "any torch >=" not in readme
+    def crashing_save(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == crash_at[0]:
+            raise OSError("disk full")
+        real_save(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(tensor_files, "save_file", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        new.save_pretrained(folder)  # one file: the crash comes on its write
+    calls.clear()
+    crash_at[0] = 3
+    with pytest.raises(OSError, match="disk full"):
+        new.save_pretrained(folder, max_shard_size="300KB")  # sharded: after two shards are written
+    assert len(calls) == 3
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # nothing half-written left beside it
+    ids = torch.tensor([[1, 5, 6, 7]])
+    assert torch.equal(HoVLEModel.from_pretrained(folder)(ids).logits, old(ids).logits)
+
+    monkeypatch.setattr(tensor_files, "save_file", real_save)
+    new.save_pretrained(folder)
+    assert (folder / "tokenizer.model").read_bytes() == b"kept"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", WEIGHTS_NAME, "tokenizer.model"]
+    assert torch.equal(HoVLEModel.from_pretrained(folder)(ids).logits, new(ids).logits)
 
 
-# ---------------------------------------------------------------- structure: cited documents exist
-
-
-def test_cited_docs_and_sections_exist():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    cited = []
-    for file in sorted((root / "src").rglob("*.py")) + sorted((root / "tests").rglob("*.py")):
-        text = file.read_text(encoding="utf-8")
-        assert "HOVLE_SPEC" not in text or file.name == "test_hardening.py", file
-        cited += [(file, m.group(1), m.group(2)) for m in re.finditer(r"(docs/[\w.]+\.md), ([\d.]+)", text)]
-    assert cited
-    for file, doc, section in cited:
-        headings = [line for line in (root / doc).read_text().splitlines() if line.startswith("#")]
-        number = section.split("-")[0].rstrip(".")
-        assert any(re.match(rf"#+ {re.escape(number)}[. ]", h) for h in headings), (file, doc, section)
+def test_save_interrupted_between_renames_is_recovered(tmp_path):
+    model = HoVLEModel.from_pretrained(PARITY)
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    previous = tmp_path / ".ckpt.previous"
+    os.replace(folder, previous)  # where a crash between the two renames leaves things
+    with pytest.raises(FileNotFoundError, match="interrupted save left the previous checkpoint"):
+        HoVLEModel.from_pretrained(folder)
+    model.save_pretrained(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
 # ---------------------------------------------------------------- 9. user errors vs bugs in train / quickstart
@@ -568,3 +503,68 @@ def test_a_bug_in_train_or_quickstart_keeps_its_traceback(monkeypatch, tmp_path)
         main(["train", "--set", "max_steps=1", "--out", str(tmp_path / "t"), "--no-progress", "--set", "llm="])
     with pytest.raises(ValueError, match="an internal bug"):
         main(["quickstart", "--out", str(tmp_path / "q"), "--no-progress"])
+
+
+# ---------------------------------------------------------------- 10. the torch versions hovle claims
+
+
+def test_torch_floor_is_enforced_and_documented_truthfully():
+    from pathlib import Path
+
+    from hovle.compat import MIN_TORCH, TESTED_TORCH, check_torch, release
+
+    assert release("2.13.0+cpu") == (2, 13, 0) and release("4.56.0.dev0") == (4, 56, 0) and release("2.6.0a0") == (2, 6, 0)
+    with pytest.raises(ImportError, match=r"hovle needs torch >= 2\.6, found 2\.5\.1"):
+        check_torch("2.5.1")
+    check_torch("2.6.0")
+    check_torch(torch.__version__)
+    root = Path(__file__).resolve().parents[1]
+    floor = ".".join(map(str, MIN_TORCH))
+    assert f'"torch>={floor}"' in (root / "pyproject.toml").read_text()
+    readme = (root / "README.md").read_text()
+    assert f"torch=={TESTED_TORCH}" in readme.splitlines()[3]  # the README's test command
+    assert f"pip install -q torch=={TESTED_TORCH}" in (root / ".ci" / "run").read_text()
+    assert f"older than {floor}" in readme and "any torch >=" not in readme
+
+
+# ---------------------------------------------------------------- 11. a transformers tokenizer in chat
+
+
+def test_chat_takes_a_transformers_tokenizer(tmp_path):
+    from hovle import HoVLEProcessor
+    from hovle.processing.tokenizer import TokenizerError, load_tokenizer
+
+    from .conftest import randomize, tiny_config
+    from .test_tokenizer import _transformers_folder
+
+    tok = load_tokenizer(_transformers_folder(tmp_path / "hf"))
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"])
+    config = tiny_config(vocab=len(tok), img_context=tok.token_to_id("<IMG_CONTEXT>"))
+    model = randomize(HoVLEModel(config), seed=5)
+    pixel_values, _ = HoVLEProcessor(config, tok).process_images([photo(3)])
+    gen = {"max_new_tokens": 5}
+    expected = model.chat(HoVLEProcessor(config, tok), pixel_values, "What is it?", gen)
+    assert model.chat(tok.hf_tokenizer, pixel_values, "What is it?", gen) == expected
+    assert model.batch_chat(tok.hf_tokenizer, pixel_values, ["What is it?"], gen,
+                            num_patches_list=[pixel_values.shape[0]]) == [expected]
+    with pytest.raises(TokenizerError, match="chat needs a HoVLEProcessor .* got str"):
+        model.chat("path/to/tokenizer", None, "Q", gen)
+
+
+# ---------------------------------------------------------------- structure: cited documents exist
+
+
+def test_cited_docs_and_sections_exist():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cited = []
+    for file in sorted((root / "src").rglob("*.py")) + sorted((root / "tests").rglob("*.py")):
+        text = file.read_text(encoding="utf-8")
+        assert "HOVLE_SPEC" not in text or file.name == "test_hardening.py", file
+        cited += [(file, m.group(1), m.group(2)) for m in re.finditer(r"(docs/[\w.]+\.md), ([\d.]+)", text)]
+    assert cited
+    for file, doc, section in cited:
+        headings = [line for line in (root / doc).read_text().splitlines() if line.startswith("#")]
+        number = section.split("-")[0].rstrip(".")
+        assert any(re.match(rf"#+ {re.escape(number)}[. ]", h) for h in headings), (file, doc, section)
