@@ -119,6 +119,18 @@ def photo(seed: int, size=(90, 50)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
+def png_claiming(width, height) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels, followed by no real image data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
 @pytest.fixture(scope="session")
 def parity_model() -> HoVLEModel:
     return HoVLEModel.from_pretrained(PARITY)

@@ -19,7 +19,7 @@ from hovle.errors import ContextLengthError, SettingsError
 from hovle.processing.images import ImageError
 from hovle.processing.prompts import PromptError
 
-from .conftest import IMG_CONTEXT, PARITY, build_chat_folder, photo, pixels, prompt, tiny_model
+from .conftest import IMG_CONTEXT, PARITY, build_chat_folder, photo, pixels, png_claiming, prompt, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -319,18 +319,6 @@ def test_interactive_chat_survives_bad_lines_and_drops_old_turns(chat_folder, ch
 
 
 # ---------------------------------------------------------------- 6. batch_chat and in-memory images
-
-
-def png_claiming(width, height) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` pixels, followed by no real image data."""
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
 
 
 def test_batch_chat_without_questions(chat_model):

@@ -193,6 +193,34 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .devices import default_device
+    from .model import HoVLEModel
+    from .processing.processor import HoVLEProcessor
+    from .serving.limits import ServeLimits
+
+    try:
+        import uvicorn
+
+        from .serving.app import create_app, model_name
+    except ImportError as e:
+        print(f"hovle serve: error: {e.name} is missing: pip install 'hovle[serve]'", file=sys.stderr)
+        return 2
+    device = args.device or default_device()
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    processor = HoVLEProcessor.from_pretrained(args.model_dir)
+    print(f"loading {args.model_dir} ({dtype}, {device}) ...", file=sys.stderr, flush=True)
+    model = HoVLEModel.from_pretrained(args.model_dir, dtype=dtype, device=device)
+    limits = ServeLimits(
+        max_body_bytes=args.max_body_mb * 2**20, max_images=args.max_images, max_image_pixels=args.max_image_pixels,
+        max_tiles=args.max_tiles, deadline_s=args.deadline, max_queue=args.max_queue,
+        allowed_image_domains=tuple(d.lower() for d in args.allow_image_domain or ()),
+    )
+    app = create_app(model, processor, limits, max_batch=args.max_batch, model_id=model_name(args.model_dir))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -284,6 +312,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.add_argument("--list-benchmarks", action="store_true", help="list the benchmarks and the data each reads")
     evaluate.set_defaults(run=_eval)
+
+    serve = commands.add_parser(
+        "serve", help="an OpenAI-compatible chat server (continuous batching) for a model folder",
+        description="Serves POST /v1/chat/completions (plain and streamed), GET /v1/models and GET /health. "
+                    "Needs the serve extra: pip install 'hovle[serve]'.",
+    )
+    serve.add_argument("model_dir", help="a local folder in the released HoVLE layout, with its tokenizer")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                       help="default: bfloat16 on CUDA, float32 on CPU")
+    serve.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    serve.add_argument("--max-batch", type=_positive_int, default=8, help="requests decoded together (default: 8)")
+    serve.add_argument("--max-queue", type=_positive_int, default=64,
+                       help="requests waiting for a place; more get 503 (default: 64)")
+    serve.add_argument("--max-body-mb", type=_positive_int, default=20, help="largest request body in MiB (default: 20)")
+    serve.add_argument("--max-images", type=_positive_int, default=8, help="images per request (default: 8)")
+    serve.add_argument("--max-image-pixels", type=_positive_int, default=40_000_000,
+                       help="width x height of one image, read from its header (default: 40000000)")
+    serve.add_argument("--max-tiles", type=_positive_int, default=48, help="448 px tiles per request (default: 48)")
+    serve.add_argument("--deadline", type=float, default=300.0, help="seconds a request may take in all (default: 300)")
+    serve.add_argument("--allow-image-domain", action="append", metavar="DOMAIN",
+                       help="fetch http(s) image URLs from this host and its subdomains (repeatable; default: none)")
+    serve.add_argument("--quiet", action="store_true", help="log warnings only")
+    serve.set_defaults(run=_serve)
 
     score = commands.add_parser(
         "score", help="score answers made elsewhere by a benchmark's official rules",

@@ -46,6 +46,7 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "ImageError",
     "find_grid",
+    "header_size",
     "image_to_pixel_values",
     "load_image",
     "tile_image",
@@ -190,7 +191,7 @@ def _read_file_object(source, name: str, max_pixels: int | None) -> bytes:
         chunks.append(bytes(chunk))
         total += len(chunk)
         if not checked:
-            size = _header_size(b"".join(chunks))
+            size = header_size(b"".join(chunks))
             if size is not None:
                 checked = True
                 _check_pixels(size, name, max_pixels)
@@ -201,7 +202,7 @@ def _read_file_object(source, name: str, max_pixels: int | None) -> bytes:
                 )
 
 
-def _header_size(data: bytes) -> tuple[int, int] | None:
+def header_size(data: bytes) -> tuple[int, int] | None:
     """Width and height from the start of an encoded image; None while the header is incomplete."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
