@@ -298,3 +298,21 @@ def test_hovle_serve_command(folder, loaded):
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_a_failing_step_fails_its_requests_and_the_server_goes_on(server, loaded, monkeypatch):
+    model, processor = loaded
+    engine = server.app.state.engine
+    calls = {"n": 0}
+    real_step = engine._step
+
+    def failing_step():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated device failure")
+        real_step()
+
+    monkeypatch.setattr(engine, "_step", failing_step)
+    error = expect_error(500, None, lambda: ask(server, "Hello"))
+    assert "simulated device failure" in error["message"] and error["type"] == "server_error"
+    assert ask(server, "Hello").choices[0].message.content == model.chat(processor, None, "Hello", GEN)

@@ -1,7 +1,8 @@
 """The HTTP side of ``hovle serve``: OpenAI's Chat Completions API over FastAPI.
 
 Routes: ``POST /v1/chat/completions`` (plain or streamed over server-sent events),
-``GET /v1/models``, ``GET /health``. Request parsing and image decoding run in worker threads,
+``GET /v1/models``, ``GET /health``, and ``GET /`` the chat page (``static/chat.html``: plain
+HTML and JavaScript that speaks the same API). Request parsing and image decoding run in worker threads,
 generation in the engine's thread; the event loop only moves bytes. A client that goes away
 cancels its request at the engine's next step.
 """
@@ -15,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -57,6 +58,12 @@ def create_app(model, processor, limits: ServeLimits | None = None, max_batch: i
     async def http_error(request, exc):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return _error(APIError(str(exc.detail), status=exc.status_code, kind=kind))
+
+    page = (Path(__file__).parent / "static" / "chat.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page():
+        return HTMLResponse(page)
 
     @app.get("/health")
     async def health():

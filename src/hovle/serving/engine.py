@@ -136,7 +136,12 @@ class Engine:
                     except queue.Empty:
                         break
                 if self._rows:
-                    self._step()
+                    try:
+                        self._step()
+                    except Exception as e:  # noqa: BLE001 - fail the running requests, keep serving
+                        for row in self._rows:
+                            row.request.emit(("error", e))
+                        self._rows, self._caches, self._logits = [], (None, None), None
 
     def _admit(self, request: Request) -> None:
         """Prefill ``request`` alone and add its rows to the running batch."""
