@@ -67,10 +67,14 @@ def server(loaded):
     running.stop()
 
 
-def data_url(image, fmt="PNG") -> str:
+def encoded(image, fmt="PNG") -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
-    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def data_url(image, fmt="PNG") -> str:
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(encoded(image, fmt)).decode()
 
 
 def ask(server, content, **kwargs):
@@ -316,3 +320,38 @@ def test_a_failing_step_fails_its_requests_and_the_server_goes_on(server, loaded
     error = expect_error(500, None, lambda: ask(server, "Hello"))
     assert "simulated device failure" in error["message"] and error["type"] == "server_error"
     assert ask(server, "Hello").choices[0].message.content == model.chat(processor, None, "Hello", GEN)
+
+
+def test_remote_images_only_from_allowed_domains(loaded, tmp_path):
+    import http.server
+    import socketserver
+
+    model, processor = loaded
+    (tmp_path / "cat.png").write_bytes(encoded(photo(31)))
+    (tmp_path / "big.bin").write_bytes(b"\0" * 200_000)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    files = socketserver.TCPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{files.server_address[1]}"
+    limits = ServeLimits(allowed_image_domains=("127.0.0.1",), remote_max_bytes=100_000, remote_timeout_s=5)
+    served = Server(create_app(model, processor, limits, model_id="tiny"))
+    try:
+        reply = ask(served, [{"type": "image_url", "image_url": {"url": base + "/cat.png"}},
+                             {"type": "text", "text": "What is it?"}])
+        pixel_values, _ = processor.process_images([photo(31)])
+        assert reply.choices[0].message.content == model.chat(processor, pixel_values, "What is it?", GEN)
+        for name, status, code in (("big.bin", 413, "image_too_large"), ("gone.png", 422, "unreadable_image")):
+            url = f"{base}/{name}"
+            expect_error(status, code, lambda: ask(served, [{"type": "image_url", "image_url": {"url": url}}]))
+        expect_error(400, "image_url_refused", lambda: ask(
+            served, [{"type": "image_url", "image_url": {"url": "http://localhost:1/cat.png"}}]))
+    finally:
+        served.stop()
+        files.shutdown()
