@@ -25,7 +25,9 @@ def _relayout(cache: KVCache, rows: torch.Tensor | None, length: int, capacity: 
     for store, target in ((cache.keys, out.keys), (cache.values, out.values)):
         for tensor in store:
             part = pick(tensor[:, :, shift : cache.length])
-            new = part.new_empty(part.shape[0], part.shape[1], capacity, part.shape[3])
+            # Zeros, not uninitialised memory: masked columns still enter the attention product
+            # with weight 0, and 0 x NaN garbage would be NaN.
+            new = part.new_zeros(part.shape[0], part.shape[1], capacity, part.shape[3])
             new[:, :, length - used : length] = part
             target.append(new)
     valid = pick(cache.valid[:, shift : cache.length])
