@@ -355,3 +355,22 @@ def test_remote_images_only_from_allowed_domains(loaded, tmp_path):
     finally:
         served.stop()
         files.shutdown()
+
+
+def test_messages_become_the_conversation_chat_would_render():
+    from hovle.serving.messages import parse_request
+
+    def image(url="data:image/png;base64,iVBORw0KGgo="):
+        return {"type": "image_url", "image_url": {"url": url}}
+
+    chat = parse_request({"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [image(), {"type": "text", "text": "And this?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A pattern."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Compare with"}, image(), {"type": "text", "text": "Which?"}]},
+    ]}, LIMITS)
+    assert chat.system == "Be brief."
+    assert chat.history == [("<image>\nAnd this?", "A pattern.")]
+    assert chat.question == "Compare with\n<image>\nWhich?"
+    assert len(chat.images) == 2 and chat.images[0].startswith(b"\x89PNG")
+    assert parse_request({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 7}, LIMITS).max_tokens == 7

@@ -195,13 +195,13 @@ def _user_content(content, where: str) -> tuple[str, list[str]]:
             texts.append(IMAGE_PLACEHOLDER)
         else:
             raise APIError(f"{where}: parts are text or image_url, got {kind!r}", param=where)
-    # Each image on its own line before the text that follows it, as the released chat writes it.
+    # Each image and each text part on a line of its own ("<image>\nquestion", as the released chat
+    # writes an image question).
     out = ""
     for piece in texts:
-        if piece == IMAGE_PLACEHOLDER:
-            out += IMAGE_PLACEHOLDER + "\n"
-        else:
-            out += piece if not out or out.endswith("\n") else "\n" + piece
+        if out and not out.endswith("\n"):
+            out += "\n"
+        out += IMAGE_PLACEHOLDER + "\n" if piece == IMAGE_PLACEHOLDER else piece
     return out, sources
 
 
