@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -40,8 +41,6 @@ def create_app(model, processor, limits: ServeLimits | None = None, max_batch: i
     model_id = model_id or "hovle"
     engine = Engine(model, processor, max_batch=max_batch, max_queue=limits.max_queue)
     context = model.config.llm.max_position_embeddings
-
-    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app):
