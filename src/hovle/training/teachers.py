@@ -44,6 +44,7 @@ from ..cache import cache_root
 from ..checkpoint import check_tensors
 from ..compat import dtype_keyword
 from ..errors import CheckpointError, ConfigError, SettingsError
+from ..processing.images import IMAGENET_MEAN, IMAGENET_STD
 from ..tensor_files import open_safetensors, read_tensors, write_safetensors
 
 __all__ = [
@@ -680,6 +681,43 @@ class HFVisionTeacher(VisionTeacher):
 
 
 # --------------------------------------------------------------------------------------------
+# InternViT (released folders, native)
+# --------------------------------------------------------------------------------------------
+
+
+class InternViTTeacher(VisionTeacher):
+    """A released InternViT folder (model_type ``intern_vit_6b``, e.g. InternViT-300M-448px, the
+    teacher the HoVLE paper distils from) as a stage-I teacher, computed natively
+    (:mod:`hovle.training.internvit`): the last layer's patch tokens, the class token dropped, at
+    the model's own ``image_size``, normalised with ImageNet's mean and std as InternVL does.
+    ``dtype`` (default: as stored) is the compute dtype of the teacher."""
+
+    def __init__(self, folder: str | os.PathLike, *, dtype: torch.dtype | str | None = None):
+        from .internvit import load_internvit
+
+        super().__init__()
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        self.model = load_internvit(folder, dtype=dtype)
+        config = self.model.config
+        self.folder = str(folder)
+        self.feature_dim = config.hidden_size
+        self.image_size = config.image_size
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self._freeze()
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        side = self.model.config.grid
+        return side, side
+
+    def _encode(self, pixel_values: Tensor) -> Tensor:
+        patches = self.model(pixel_values)[:, 1:]
+        rows, cols = self.grid_size
+        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], rows, cols)
+
+
+# --------------------------------------------------------------------------------------------
 # Dispatch
 # --------------------------------------------------------------------------------------------
 
@@ -693,7 +731,8 @@ def load_teacher(
 
     * ``"efficientnet-lite0"``: :class:`EfficientNetLite0Teacher` from its PyPI package (the
       embedded default); ``cache_dir`` and ``image_size`` may be given.
-    * a path to a local folder: :class:`HFVisionTeacher` (keyword arguments are passed on).
+    * a path to a released InternViT folder (model_type ``intern_vit_6b``): :class:`InternViTTeacher`;
+    * a path to another local folder: :class:`HFVisionTeacher` (keyword arguments are passed on).
 
     Nothing is ever downloaded: a hub id that is not a local folder is an error.
     """
@@ -702,6 +741,10 @@ def load_teacher(
         return EfficientNetLite0Teacher.from_package(cache_dir=cache_dir, **kwargs)
     path = Path(text).expanduser()
     if path.is_dir():
+        from .internvit import is_internvit_folder
+
+        if is_internvit_folder(path):
+            return InternViTTeacher(path, **{k: v for k, v in kwargs.items() if k == "dtype"})
         return HFVisionTeacher(path, **kwargs)
     if path.exists():
         raise SettingsError(f"teacher {text!r} is a file; give a model folder or 'efficientnet-lite0'")
