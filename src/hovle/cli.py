@@ -150,6 +150,33 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    """Stage III on an existing HoVLE folder: `hovle train --stage instruct` with start_from set."""
+    from .training.config import Recipe, apply_overrides
+    from .training.pipeline import run_training
+
+    base = [f"start_from={args.model_dir}", f"instruct.data={args.data}"]
+    if args.image_root:
+        base.append(f"instruct.image_root={args.image_root}")
+    recipe = apply_overrides(Recipe(name="finetune"), base + (args.set or []))
+    run_training(recipe, args.out, ("instruct",), resume=args.resume, progress=not args.no_progress,
+                 tensorboard=not args.no_tensorboard)
+    return 0
+
+
+def _merge_lora(args: argparse.Namespace) -> int:
+    from .model import HoVLEModel
+    from .processing.tokenizer import load_tokenizer
+    from .training.lora import merge_adapter
+
+    model = HoVLEModel.from_pretrained(args.model_dir)
+    merged = merge_adapter(model, args.adapter)
+    model.save_pretrained(args.out)
+    load_tokenizer(args.model_dir).save(args.out)
+    print(f"merged the adapter into {len(merged)} layers: {args.out}", file=sys.stderr)
+    return 0
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     import time
 
@@ -266,6 +293,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     train.set_defaults(run=_train)
+
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune an existing HoVLE folder on LLaVA-format conversations (stage III)",
+        description="Runs stage III (instruct) from MODEL_DIR: full weights, or LoRA adapters with "
+                    "--set lora.rank=8 (saved in OUT/instruct/adapter, PEFT layout, and merged into "
+                    "OUT/instruct/model). Any recipe setting can be changed with --set.",
+    )
+    finetune.add_argument("model_dir", help="the HoVLE folder to start from")
+    finetune.add_argument("--data", required=True, help="conversations: JSON list or JSONL in the LLaVA format")
+    finetune.add_argument("--image-root", help="where the data's relative image paths start (default: its folder)")
+    finetune.add_argument("--out", required=True, help="run folder")
+    finetune.add_argument("--set", action="append", metavar="KEY=VALUE",
+                          help="change a setting, e.g. lora.rank=8, instruct.lr=1e-4, max_steps=200")
+    finetune.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    finetune.add_argument("--no-progress", action="store_true", help="no progress bars")
+    finetune.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    finetune.set_defaults(run=_finetune)
+
+    merge = commands.add_parser("merge-lora", help="merge a LoRA adapter (PEFT layout) into a HoVLE folder")
+    merge.add_argument("model_dir", help="the HoVLE folder the adapter was trained on")
+    merge.add_argument("adapter", help="the adapter folder (adapter_config.json + adapter_model.safetensors)")
+    merge.add_argument("--out", required=True, help="where to write the merged HoVLE folder")
+    merge.set_defaults(run=_merge_lora)
 
     quickstart = commands.add_parser(
         "quickstart", help="train HoVLE-nano through the three stages on this machine, evaluate it, write a report",

@@ -21,6 +21,41 @@ PARTS = ("vision", "projection", "text_embeddings", "embedding_layers", "llm")
 PRECISIONS = ("auto", "bf16", "fp32")
 # What a recipe may name: every wrapping that shards or replicates the model ("none" does neither).
 STRATEGIES = tuple(s for s in _WRAP_STRATEGIES if s != "none")
+# Every linear layer of a decoder layer: attention (fused q/k/v, output) and the SwiGLU MLP.
+DEFAULT_LORA_TARGETS = ("wqkv", "wo", "w1", "w2", "w3")
+# Where LoRA targets are looked for: module path prefixes.
+LORA_SCOPES = {"llm": ("language_model.",), "embedding": ("embedding_model.",),
+               "both": ("language_model.", "embedding_model.")}
+
+
+@dataclass
+class LoRASettings:
+    """LoRA for stage III (see ``hovle.training.lora``): ``rank`` 0 trains full weights; above 0
+    only adapters of that rank train, on the ``targets`` linear layers within ``scope``."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = DEFAULT_LORA_TARGETS  # linear layers by their own name
+    scope: str = "llm"  # llm, embedding or both
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.rank < 0:
+            out.append(f"lora.rank must be >= 0, got {self.rank}")
+        if not self.alpha > 0:
+            out.append(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            out.append(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.scope not in LORA_SCOPES:
+            out.append(f"lora.scope must be one of {', '.join(LORA_SCOPES)}, got {self.scope!r}")
+        if not self.targets:
+            out.append("lora.targets names no layer")
+        return out
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
 
 
 @dataclass
@@ -80,6 +115,9 @@ class Recipe:
     distill: StageConfig = field(default_factory=lambda: StageConfig(lr=2e-4))
     align: StageConfig = field(default_factory=lambda: StageConfig(lr=1e-4))
     instruct: StageConfig = field(default_factory=lambda: StageConfig(lr=2e-5))
+    lora: LoRASettings = field(default_factory=LoRASettings)  # adapters instead of full weights in stage III
+    # A HoVLE folder the run's first stage starts from instead of a new model (fine-tuning).
+    start_from: str = ""
 
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:
@@ -105,6 +143,7 @@ class Recipe:
                 problems.append(f"{name}.save_every and {name}.warmup_steps must be >= 0")
             if not 0.0 <= stage.min_lr_ratio <= 1.0 or not 0.0 <= stage.uniform_text_fraction <= 1.0:
                 problems.append(f"{name}.min_lr_ratio and {name}.uniform_text_fraction must be in [0, 1]")
+        problems += self.lora.problems()
         if problems:
             raise SettingsError("invalid recipe: " + "; ".join(problems))
 
@@ -123,6 +162,9 @@ def recipe_fields() -> dict[str, str]:
         if f.name in STAGES:
             for g in dataclasses.fields(StageConfig):
                 out[f"{f.name}.{g.name}"] = repr(getattr(getattr(base, f.name), g.name))
+        elif f.name == "lora":
+            for g in dataclasses.fields(LoRASettings):
+                out[f"lora.{g.name}"] = repr(getattr(base.lora, g.name))
         else:
             out[f.name] = repr(getattr(base, f.name))
     return out
@@ -149,20 +191,26 @@ def _parse(text: str, kind, key: str):
 def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
     """A copy of ``recipe`` with ``key=value`` assignments applied (``distill.lr=1e-4``,
     ``seed=1``, or a stage field alone, such as ``max_steps=10``, for all stages)."""
-    recipe = dataclasses.replace(recipe, **{s: dataclasses.replace(recipe.stage(s)) for s in STAGES})
+    recipe = dataclasses.replace(recipe, **{s: dataclasses.replace(recipe.stage(s)) for s in STAGES},
+                                 lora=dataclasses.replace(recipe.lora))
     recipe_types = typing.get_type_hints(Recipe)
     stage_types = typing.get_type_hints(StageConfig)
+    lora_types = typing.get_type_hints(LoRASettings)
     for assignment in assignments:
         key, sep, value = assignment.partition("=")
         key = key.strip()
         if not sep or not key:
             raise SettingsError(f"--set takes key=value, got {assignment!r}")
         stage, _, name = key.rpartition(".")
-        if stage:
+        if stage == "lora":
+            if name not in lora_types or name == "scaling":
+                raise SettingsError(f"unknown setting {key!r}; see `hovle train --list-settings`")
+            setattr(recipe.lora, name, _parse(value, lora_types[name], key))
+        elif stage:
             if stage not in STAGES or name not in stage_types:
                 raise SettingsError(f"unknown setting {key!r}; see `hovle train --list-settings`")
             setattr(recipe.stage(stage), name, _parse(value, stage_types[name], key))
-        elif name in recipe_types and name not in STAGES:
+        elif name in recipe_types and name not in (*STAGES, "lora"):
             setattr(recipe, name, _parse(value, recipe_types[name], key))
         elif name in stage_types:
             for s in STAGES:

@@ -26,6 +26,7 @@ from .build import build_model
 from .config import STAGES, Recipe
 from .data import CaptionData, ConversationData, DistillData
 from .loop import StageRun, train_stage
+from .lora import save_adapter, split_lora_state
 from .metrics import METRICS_FILE
 from .stages import stage_module
 from .teachers import load_teacher
@@ -33,6 +34,7 @@ from .teachers import load_teacher
 MODEL_DIR = "model"
 # Stage I's projection to the teacher's width: not part of the HoVLE model, kept beside it.
 HEAD_FILE = "head.safetensors"
+ADAPTER_DIR = "adapter"  # stage III with LoRA: the trained adapter, PEFT layout
 
 
 def stage_model_dir(out_dir: str | os.PathLike, stage: str) -> Path:
@@ -50,6 +52,9 @@ def start_model(recipe: Recipe, out_dir: Path, stage: str):
         folder = stage_model_dir(out_dir, earlier)
         if (folder / "config.json").is_file():
             return HoVLEModel.from_pretrained(folder, dtype=torch.float32), load_tokenizer(folder), str(folder)
+    if recipe.start_from:
+        folder = Path(recipe.start_from)
+        return HoVLEModel.from_pretrained(folder, dtype=torch.float32), load_tokenizer(folder), str(folder)
     model, tokenizer = build_from_recipe(recipe)
     return model, tokenizer, f"a new model built from {recipe.llm} (init={recipe.init})"
 
@@ -155,7 +160,7 @@ def run_training(
                 raise SettingsError("stage distill needs a vision teacher: --set teacher=FOLDER (or efficientnet-lite0)")
             sizes = {"image_size": recipe.teacher_image_size} if recipe.teacher_image_size else {}
             teacher = load_teacher(recipe.teacher, **sizes)
-        module = stage_module(stage, model, settings.freeze, teacher, recipe.seed)
+        module = stage_module(stage, model, settings.freeze, teacher, recipe.seed, recipe.lora)
         pad_id = padding_id(tokenizer)
         run = StageRun(
             name=stage,
@@ -175,7 +180,12 @@ def run_training(
         if env.is_main:
             if result.head_state:
                 write_safetensors(result.head_state, stage_dir / HEAD_FILE)
-            save_stage_model(result.model_state, model.config, tokenizer, final, recipe)
+            state = result.model_state
+            if stage == "instruct" and recipe.lora.rank > 0:
+                # The adapter on its own (PEFT layout), and the model with it merged in.
+                state, adapter = split_lora_state(state, recipe.lora.scaling)
+                save_adapter(adapter, recipe.lora, stage_dir / ADAPTER_DIR, base_model=source)
+            save_stage_model(state, model.config, tokenizer, final, recipe)
             result.summary["model"] = str(final)
             (stage_dir / "summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")
             extra = ""

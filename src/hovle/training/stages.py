@@ -21,8 +21,9 @@ from torch import nn
 
 from ..errors import SettingsError
 from ..model.hovle import IGNORE_INDEX, HoVLEModel
-from .config import PARTS
+from .config import PARTS, LoRASettings
 from .data import Batch, denormalize, grid_side
+from .lora import add_lora
 from .teachers import VisionTeacher, resample_grid
 
 
@@ -135,8 +136,12 @@ def teacher_tokens(teacher: VisionTeacher | None, batch: Batch, tokens_per_tile:
 
 
 def stage_module(name: str, model: HoVLEModel, freeze=(), teacher: VisionTeacher | None = None,
-                 seed: int = 0) -> nn.Module:
-    """The trainable module of stage ``name`` with its parts (un)frozen."""
+                 seed: int = 0, lora: LoRASettings | None = None) -> nn.Module:
+    """The trainable module of stage ``name`` with its parts (un)frozen. In stage III with a
+    ``lora`` rank, only LoRA adapters train (``hovle.training.lora``)."""
+    if name == "instruct" and lora is not None and lora.rank > 0:
+        add_lora(model, lora, seed)
+        return LanguageStage(model, name)
     parts = STAGE_PARTS[name] - set(freeze)
     if not parts:
         raise SettingsError(f"stage {name}: every part it trains is frozen ({', '.join(sorted(freeze))})")
