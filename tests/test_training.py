@@ -541,9 +541,10 @@ def _launch(base: Path, stage: str, processes: int, overrides: list[str]) -> lis
     return metrics(base / "run", stage)
 
 
-@pytest.mark.parametrize("stage,strategy", [("instruct", "fsdp"), ("distill", "ddp")])
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, stage, strategy):
-    common = [f"strategy={strategy}", "tokens_per_batch=200", "max_samples_per_batch=3"]
+@pytest.mark.parametrize("stage,strategy,extra", [("instruct", "fsdp", []), ("distill", "ddp", []),
+                                                 ("instruct", "ddp", ["lora.rank=4"])])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, stage, strategy, extra):
+    common = [f"strategy={strategy}", "tokens_per_batch=200", "max_samples_per_batch=3", *extra]
     single = _launch(tmp_path / "one", stage, 1, common + ["grad_accum=2"])
     double = _launch(tmp_path / "two", stage, 2, common + ["grad_accum=1"])
     assert [r["samples"] for r in single] == [r["samples"] for r in double]
@@ -555,3 +556,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, st
     two = HoVLEModel.from_pretrained(tmp_path / "two" / "run" / stage / "model").state_dict()
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-5)
+
+
+def test_lora_under_fsdp_in_several_processes_is_refused(tmp_path):
+    base = tmp_path / "fsdp"
+    script = base.with_suffix(".py")
+    base.mkdir(parents=True)
+    script.write_text(DISTRIBUTED_RUN.format(root=str(ROOT), base=str(base), stage="instruct",
+                                             overrides=["strategy=fsdp", "lora.rank=4"]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "LoRA in several processes runs with strategy ddp" in done.stderr
