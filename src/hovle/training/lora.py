@@ -21,11 +21,13 @@ from torch import nn
 
 from ..errors import CheckpointError, SettingsError
 from ..tensor_files import read_tensors, write_safetensors
-from .config import LORA_SCOPES, LoRASettings
+from .config import DEFAULT_LORA_TARGETS, LORA_SCOPES, LoRASettings
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+
+
 class LoRALinear(nn.Module):
     """``base_layer(x) + lora_B(lora_A(dropout(x))) * scaling``; the base layer stays frozen."""
 
@@ -52,7 +54,7 @@ def target_names(model: nn.Module, settings: LoRASettings) -> list[str]:
              if isinstance(module, nn.Linear) and name.startswith(prefixes) and name.rsplit(".", 1)[-1] in settings.targets]
     if not names:
         raise SettingsError(f"lora.targets {list(settings.targets)} match no linear layer in the {settings.scope} "
-                            f"(the decoder layers' are wqkv, wo, w1, w2, w3)")
+                            f"(the decoder layers' are {', '.join(DEFAULT_LORA_TARGETS)})")
     return names
 
 
