@@ -186,6 +186,18 @@ def test_context_clamp_is_reported_in_usage(server, loaded):
     assert reply.usage.completion_tokens <= 400 - prompt
     expect_error(400, "context_length_exceeded", lambda: ask(server, "word " * 500))
 
+    # A prompt that fills the context exactly passes the handler's check but leaves no room for an
+    # answer: the engine says so, and the client gets a 400 too.
+    from hovle.serving.app import _as_api_error
+    from hovle.serving.engine import Engine, Request
+
+    events = []
+    Engine(model, processor)._admit(Request(input_ids=[5] * 400, pixel_values=None, max_new_tokens=4,
+                                            emit=events.append))
+    assert len(events) == 1 and events[0][0] == "error"
+    error = _as_api_error(events[0][1])
+    assert error.status == 400 and error.code == "context_length_exceeded"
+
 
 def test_bad_requests(server):
     expect_error(400, "unsupported_parameter", lambda: ask(server, "hi", n=2))

@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..errors import ContextLengthError
 from .engine import DeadlineError, Engine, QueueFullError
 from .engine import Request as EngineRequest
 from .limits import ServeLimits
@@ -174,6 +175,8 @@ def _as_api_error(error: Exception) -> APIError:
         return error
     if isinstance(error, DeadlineError):
         return APIError(str(error), status=504, kind="timeout_error", code="deadline_exceeded")
+    if isinstance(error, ContextLengthError):
+        return APIError(str(error), param="messages", code="context_length_exceeded")
     return APIError(f"generation failed: {type(error).__name__}: {error}", status=500, kind="server_error")
 
 
