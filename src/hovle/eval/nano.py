@@ -2,8 +2,10 @@
 
 * ``answer_accuracy``: greedy answers to the held-out questions of ``eval.jsonl`` ("what",
   "yesno", "choice"), compared exactly with the expected answer after normalisation.
-* ``text_perplexity``: the LLM alone on plain text, through its own token table. The LLM is
-  frozen in stages I and II, so the value must not move there.
+* ``text_perplexity``: the LLM alone on plain text, through its own token table (the bare LLM's
+  language ability).
+* ``hovle_perplexity``: the same text as the HoVLE model reads it, through the embedding module
+  and then the LLM: how much of that ability the holistic embedding keeps.
 * ``distill_cosines``: stage I's objective on held-out data: cosine of the module's outputs to
   the teacher's features (image positions, through the saved head) and to the LLM's input
   embeddings (real-text positions).
@@ -41,6 +43,7 @@ __all__ = [
     "accuracy_difference_noise",
     "answer_accuracy",
     "distill_cosines",
+    "hovle_perplexity",
     "normalize_answer",
     "read_eval_records",
     "text_perplexity",
@@ -180,6 +183,29 @@ def text_perplexity(model_or_llm, tokenizer, passages: Sequence[str] | str | os.
     never through the embedding module. ``passages`` is a list of texts or a file of one a line.
     """
     llm = _language_model(model_or_llm)
+    return _perplexity(llm, lambda ids, mask: llm.model.tok_embeddings(ids), tokenizer, passages, batch_size,
+                       max_length, llm.model.tok_embeddings.weight.device)
+
+
+@torch.inference_mode()
+def hovle_perplexity(model: HoVLEModel, tokenizer, passages: Sequence[str] | str | os.PathLike,
+                     batch_size: int = 16, max_length: int = 128) -> float:
+    """Perplexity of the whole HoVLE model on plain text, as it reads text: through the holistic
+    embedding module, then the LLM (HoVLE's premise is that this keeps the LLM's language
+    ability). Scored exactly as ``text_perplexity``, so the two compare directly."""
+    if not isinstance(model, HoVLEModel):
+        raise TypeError(f"expected a HoVLEModel, got {type(model).__name__}")
+    was_training = model.training
+    model.eval()
+    try:
+        return _perplexity(model.language_model, lambda ids, mask: model.embed(ids, None, mask), tokenizer,
+                           passages, batch_size, max_length, model.device)
+    finally:
+        model.train(was_training)
+
+
+def _perplexity(llm, embed, tokenizer, passages, batch_size: int, max_length: int, device) -> float:
+    """exp(mean next-token cross entropy) of ``passages`` whose inputs ``embed(ids, mask)`` gives."""
     if isinstance(passages, (str, os.PathLike)):
         passages = read_lines(passages)
     if batch_size < 1 or max_length < 2:
@@ -190,7 +216,6 @@ def text_perplexity(model_or_llm, tokenizer, passages: Sequence[str] | str | os.
         raise ValueError("no passage has two tokens or more: nothing to score")
     # Similar lengths together: less padding.
     rows.sort(key=len)
-    device = llm.model.tok_embeddings.weight.device
     was_training = llm.training
     llm.eval()
     total, count = 0.0, 0
@@ -204,7 +229,7 @@ def text_perplexity(model_or_llm, tokenizer, passages: Sequence[str] | str | os.
                 ids[i, : len(row)] = torch.tensor(row)
                 mask[i, : len(row)] = 1
             ids, mask = ids.to(device), mask.to(device)
-            hidden = llm.hidden_states(llm.model.tok_embeddings(ids), mask)
+            hidden = llm.hidden_states(embed(ids, mask), mask)
             targets = ids[:, 1:]
             predicted = mask[:, 1:].bool()
             # The output head only where a token is predicted: the vocabulary is large.

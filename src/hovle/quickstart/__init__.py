@@ -3,7 +3,7 @@
 ``run_quickstart(out_dir)`` prepares the nano recipe (SmolLM2-135M, EfficientNet-Lite0 teacher,
 Fashion-MNIST), measures the LLM's held-out text perplexity, trains the three stages into
 ``out_dir/run``, evaluates the result (answer accuracy on held-out images, stage I cosines,
-perplexity after stages II and III), optionally trains the same recipe without stage I into
+the held-out text perplexity of the HoVLE model after each stage), optionally trains the same recipe without stage I into
 ``out_dir/ablation`` for comparison, and writes into ``out_dir``:
 
     metrics.json     the headline numbers, under fixed keys (``METRIC_KEYS``)

@@ -13,7 +13,7 @@ from ..data.questions import EVAL_KINDS
 from ..data.sources import DataSourceError
 from ..devices import default_device
 from ..errors import SettingsError
-from ..eval.nano import answer_accuracy, distill_cosines, read_eval_records, text_perplexity
+from ..eval.nano import answer_accuracy, distill_cosines, hovle_perplexity, read_eval_records, text_perplexity
 from ..training.config import STAGES, Recipe, apply_overrides
 from .report import METRIC_KEYS, format_table, write_report
 
@@ -214,12 +214,11 @@ def run_quickstart(
             metrics["cosine_image"], metrics["cosine_text"] = cosines
             del model, processor
 
-    for stage in ("align", "instruct"):
-        if stage in stages:
-            with clock.part(f"perplexity_after_{stage}"):
-                model, processor = _load_stage_model(run_dir, stage, device)
-                metrics[f"perplexity_after_{stage}"] = text_perplexity(model, processor.tokenizer, passages)
-                del model, processor
+    for stage in stages:
+        with clock.part(f"perplexity_hovle_after_{stage}"):
+            model, processor = _load_stage_model(run_dir, stage, device)
+            metrics[f"perplexity_hovle_after_{stage}"] = hovle_perplexity(model, processor.tokenizer, passages)
+            del model, processor
 
     ablation_result = None
     ablation_stages = tuple(s for s in stages if s != "distill")
