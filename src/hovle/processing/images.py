@@ -169,6 +169,8 @@ def _from_path(path: str | os.PathLike, max_pixels: int | None) -> Image.Image:
 
 
 _READ_CHUNK = 1 << 20
+# Where a header is looked for: image formats put it first (JPEG after its EXIF/ICC segments).
+_HEADER_WINDOW = 16 << 20
 # Most bytes an encoded image of N pixels can take: 8 per pixel (16-bit RGBA, uncompressed) + 1 MiB
 # of headers and metadata.
 _BYTES_PER_PIXEL, _HEADER_SLACK = 8, 1 << 20
@@ -191,7 +193,7 @@ def _read_file_object(source, name: str, max_pixels: int | None) -> bytes:
         chunks.append(bytes(chunk))
         total += len(chunk)
         if not checked:
-            size = header_size(b"".join(chunks))
+            size = header_size(b"".join(chunks)) if total <= _HEADER_WINDOW else None
             if size is not None:
                 checked = True
                 _check_pixels(size, name, max_pixels)
