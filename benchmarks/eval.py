@@ -19,7 +19,7 @@ import time
 import torch
 
 from hovle import HoVLEModel, HoVLEProcessor
-from hovle.devices import default_device
+from hovle.devices import default_device, default_dtype
 from hovle.eval import get_benchmark
 from hovle.eval.runner import ask, load_questions
 
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     a = parse_args(argv)
-    dtype = a.dtype or ("bfloat16" if a.device.startswith("cuda") else "float32")
+    dtype = a.dtype or default_dtype(a.device)
     benchmark = get_benchmark(a.benchmark)
     data = a.data or (default_data() if a.benchmark == "easy-vqa" else None)
     if data is None:

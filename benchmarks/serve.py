@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from hovle import HoVLEModel, HoVLEProcessor
-from hovle.devices import default_device
+from hovle.devices import default_device, default_dtype
 from hovle.serving.app import create_app
 from hovle.serving.limits import ServeLimits
 
@@ -103,7 +103,7 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default=None)
     args = p.parse_args(argv)
     device = args.device or default_device()
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype = args.dtype or default_dtype(device)
     model = HoVLEModel.from_pretrained(args.model_dir, dtype=dtype, device=device)
     processor = HoVLEProcessor.from_pretrained(args.model_dir)
     requests = easy_vqa_requests(args.requests)

@@ -89,12 +89,12 @@ def _info(args: argparse.Namespace) -> int:
 
 def _chat(args: argparse.Namespace) -> int:
     from .chat_session import ChatSession, run_interactive
-    from .devices import default_device
+    from .devices import default_device, default_dtype
     from .model import HoVLEModel
     from .processing.processor import HoVLEProcessor
 
     device = args.device or default_device()
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype = args.dtype or default_dtype(device)
     extra = {} if args.system is None else {"system_message": args.system}
     processor = HoVLEProcessor.from_pretrained(args.model_dir, **extra)
     print(f"loading {args.model_dir} ({dtype}, {device}) ...", file=sys.stderr, flush=True)
@@ -221,7 +221,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .devices import default_device
+    from .devices import default_device, default_dtype
     from .model import HoVLEModel
     from .processing.processor import HoVLEProcessor
     from .serving.limits import ServeLimits
@@ -234,7 +234,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"hovle serve: error: {e.name} is missing: pip install 'hovle[serve]'", file=sys.stderr)
         return 2
     device = args.device or default_device()
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype = args.dtype or default_dtype(device)
     processor = HoVLEProcessor.from_pretrained(args.model_dir)
     print(f"loading {args.model_dir} ({dtype}, {device}) ...", file=sys.stderr, flush=True)
     model = HoVLEModel.from_pretrained(args.model_dir, dtype=dtype, device=device)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..chat import until_end
+from ..devices import default_dtype
 from ..processing.images import ImageError
 from ..processing.processor import ContextLengthError, HoVLEProcessor
 from ..processing.prompts import PromptError
@@ -215,7 +216,7 @@ def run_eval(
     # A process group made here is ended here; one the caller made stays theirs.
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     env = dist.init_distributed(device)
-    dtype = dtype or ("bfloat16" if env.device.type == "cuda" else "float32")
+    dtype = dtype or default_dtype(env.device.type)
     settings = {
         "model": str(Path(model_dir).resolve()),
         "benchmark": bench.name,

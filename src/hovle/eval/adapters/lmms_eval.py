@@ -23,7 +23,7 @@ import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
-from ...devices import default_device
+from ...devices import default_device, default_dtype
 from ...model import HoVLEModel
 from ...processing.processor import HoVLEProcessor
 from ..runner import QUESTION_ERRORS, encode_turn, generate_texts
@@ -64,7 +64,7 @@ class HoVLELMMs(lmms):
         if kwargs:
             raise ValueError(f"unknown --model_args for hovle: {', '.join(sorted(kwargs))}")
         device = device or default_device()
-        dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+        dtype = dtype or default_dtype(device)
         self.model = HoVLEModel.from_pretrained(str(pretrained), dtype=dtype, device=device).eval()
         extra = {} if system_message is None else {"system_message": str(system_message)}
         self.processor = HoVLEProcessor.from_pretrained(str(pretrained), **extra)

@@ -68,13 +68,13 @@ class HoVLEVLM(_Base):
 
     def __init__(self, model_path: str, max_new_tokens: int = 100, max_tiles: int | None = None,
                  dtype: str | None = None, device: str | None = None, system_message: str | None = None):
-        from ...devices import default_device
+        from ...devices import default_device, default_dtype
         from ...model import HoVLEModel
         from ...processing.processor import HoVLEProcessor
 
         self.dump_image_func = None
         device = device or default_device()
-        dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+        dtype = dtype or default_dtype(device)
         self.model = HoVLEModel.from_pretrained(model_path, dtype=dtype, device=device).eval()
         extra = {} if system_message is None else {"system_message": system_message}
         self.processor = HoVLEProcessor.from_pretrained(model_path, **extra)
