@@ -255,6 +255,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that runs training stages."""
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hovle", description="HoVLE monolithic vision-language models")
     parser.add_argument("--version", action="version", version=f"hovle {__version__}")
@@ -286,12 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stage", default="all", choices=(*STAGES, "all"),
                        help="which stage to run (default: all, in order)")
     train.add_argument("--out", help="run folder (checkpoints, metrics.jsonl, tensorboard/, <stage>/model)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="change a recipe setting, e.g. distill.lr=1e-4 or max_steps=20 (all stages)")
     train.add_argument("--list-settings", action="store_true", help="print every setting of the recipe and exit")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars")
-    train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    _add_run_options(train)
     train.set_defaults(run=_train)
 
     finetune = commands.add_parser(
@@ -306,9 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--out", required=True, help="run folder")
     finetune.add_argument("--set", action="append", metavar="KEY=VALUE",
                           help="change a setting, e.g. lora.rank=8, instruct.lr=1e-4, max_steps=200")
-    finetune.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    finetune.add_argument("--no-progress", action="store_true", help="no progress bars")
-    finetune.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    _add_run_options(finetune)
     finetune.set_defaults(run=_finetune)
 
     merge = commands.add_parser("merge-lora", help="merge a LoRA adapter (PEFT layout) into a HoVLE folder")
