@@ -158,14 +158,15 @@ def test_streaming(server, loaded):
 
 
 def test_stop_strings_and_sampling_seed(server):
-    full = ask(server, "Count.", max_completion_tokens=20).choices[0].message.content
-    if len(full) > 4:
-        stop = full[2:4]
-        cut = ask(server, "Count.", max_completion_tokens=20, stop=[stop]).choices[0].message.content
-        assert cut == full[: full.index(stop)].rstrip() and stop not in cut
-    a = ask(server, "Guess.", temperature=1.0, seed=7, max_completion_tokens=10).choices[0].message.content
-    b = ask(server, "Guess.", temperature=1.0, seed=7, max_completion_tokens=10).choices[0].message.content
-    assert a == b
+    def sampled(seed, **kwargs):
+        reply = ask(server, "Guess.", temperature=1.0, seed=seed, max_completion_tokens=10, **kwargs)
+        return reply.choices[0].message.content
+
+    full = sampled(7)
+    assert len(full) > 4 and sampled(7) == full and sampled(8) != full  # the seed decides the sample
+    stop = full[2:4]
+    cut = sampled(7, stop=[stop])
+    assert cut == full[: full.index(stop)].rstrip() and stop not in cut
 
 
 def test_models_and_health(server):
