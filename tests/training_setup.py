@@ -3,7 +3,9 @@ tokenizer, small images, and stage I / II / III data files (a few of them delibe
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +99,35 @@ def tiny_recipe(root: Path, teacher: str = "efficientnet-lite0", steps: int = 3,
         align=StageConfig(data=str(files["align"]), **settings),
         instruct=StageConfig(data=str(files["instruct"]), **settings),
     )
+
+
+def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
+    """A WebDataset-style tar: member ``KEY.EXT`` for each sample's entries."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for key, entries in samples:
+            for extension, data in entries.items():
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_shards(root: Path, kind: str, shards: int = 4, per_shard: int = 3) -> list[Path]:
+    """WebDataset shards of the colour images of ``write_images``: ``kind`` "align" gives caption
+    records, "instruct" LLaVA conversations, "distill" images alone."""
+    names = write_images(root / "shard-images", count=shards * per_shard)
+    paths = []
+    for s in range(shards):
+        samples = []
+        for name in names[s * per_shard:(s + 1) * per_shard]:
+            colour = name.split("-")[0]
+            entries = {"png": (root / "shard-images" / name).read_bytes()}
+            if kind == "align":
+                entries["json"] = json.dumps({"caption": f"A {colour} square."}).encode()
+            elif kind == "instruct":
+                entries["json"] = json.dumps({"conversations": [
+                    {"from": "human", "value": "<image>\nWhat colour is this?"}, {"from": "gpt", "value": colour}]}).encode()
+            samples.append((Path(name).stem, entries))
+        paths.append(write_tar(root / f"{kind}-{s:03d}.tar", samples))
+    return paths

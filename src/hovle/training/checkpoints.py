@@ -20,6 +20,7 @@ from ..errors import CheckpointError
 from ..tensor_files import read_tensors, write_safetensors
 from . import distributed as dist
 from .data import DataStream, SkipCounter
+from .shards import ShardStream
 
 if TYPE_CHECKING:
     from .loop import StageRun
@@ -52,12 +53,13 @@ def _rng_state() -> dict:
     return state
 
 
-def save_checkpoint(run: StageRun, wrapped, optimizer, scheduler, stream: DataStream, load_skips: SkipCounter,
+def save_checkpoint(run: StageRun, wrapped, optimizer, scheduler, stream: DataStream | ShardStream, load_skips: SkipCounter,
                     step: int, env: dist.DistributedEnv) -> Path | None:
     """Write a checkpoint for ``step`` (collective: every process calls it; process 0 writes)."""
     trainable = dist.full_state_dict(wrapped, trainable_only=True)
     optimizer_state = dist.full_optimizer_state(wrapped, optimizer)
     rng_states = dist.gather_objects(_rng_state(), env)
+    stream_state = stream.state_dict(env)
     skips = dist.gather_objects(load_skips.state_dict(), env)
     target = None
     if env.is_main:
@@ -72,7 +74,7 @@ def save_checkpoint(run: StageRun, wrapped, optimizer, scheduler, stream: DataSt
             "stage": run.name,
             "step": step,
             "scheduler": scheduler.state_dict(),
-            "stream": stream.state_dict(),
+            "stream": stream_state,
             "load_skips": skips,
             "world_size": env.world_size,
         }

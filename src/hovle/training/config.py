@@ -79,8 +79,12 @@ class StageConfig:
     gradient_checkpointing: bool = False
     keep_checkpoints: int = 2  # the most recent checkpoints kept on disk
     freeze: tuple[str, ...] = ()  # parts kept frozen on top of the stage's own rule (see PARTS)
-    data: str = ""  # stage I: images (folder or list file); II: captions; III: conversations
+    data: str = ""  # stage I: images (folder or list file); II: captions; III: conversations; or shards
     image_root: str = ""  # where relative image paths start (default: the data file's folder)
+    # Sharded data (hovle.training.shards): .tar / .jsonl / .json files, folders, globs, {000..127} ranges.
+    streaming: bool = False  # read a single JSON/JSONL file as a shard too (shard lists always stream)
+    lanes: int = 8  # independent parts of the stream; ranks x workers must divide min(lanes, shards)
+    workers: int = 2  # data-loader processes per rank decoding and tiling images (0: in the training process)
     max_tiles: int = 6  # dynamic tiling limit for stage II and III images
     # Stage I only.
     text: str = ""  # text passages, one a line, for real-text spans
@@ -136,11 +140,11 @@ class Recipe:
             if unknown:
                 problems.append(f"{name}.freeze names unknown parts {unknown}; parts: {', '.join(PARTS)}")
             for key in ("max_steps", "grad_accum", "tokens_per_batch", "max_samples_per_batch", "max_length",
-                        "keep_checkpoints", "text_length"):
+                        "keep_checkpoints", "text_length", "lanes"):
                 if getattr(stage, key) < 1:
                     problems.append(f"{name}.{key} must be >= 1, got {getattr(stage, key)}")
-            if stage.save_every < 0 or stage.warmup_steps < 0:
-                problems.append(f"{name}.save_every and {name}.warmup_steps must be >= 0")
+            if stage.save_every < 0 or stage.warmup_steps < 0 or stage.workers < 0:
+                problems.append(f"{name}.save_every, {name}.warmup_steps and {name}.workers must be >= 0")
             if not 0.0 <= stage.min_lr_ratio <= 1.0 or not 0.0 <= stage.uniform_text_fraction <= 1.0:
                 problems.append(f"{name}.min_lr_ratio and {name}.uniform_text_fraction must be in [0, 1]")
         problems += self.lora.problems()

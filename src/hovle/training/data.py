@@ -15,6 +15,7 @@ what a checkpoint stores to resume on the exact next batch.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -162,8 +163,17 @@ class TrainingData:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class EmbeddedImage:
+    """An image stored inside a data shard (a ``.tar`` member) rather than as a file of its own."""
+
+    name: str
+    data: bytes
+
+
 class ImageReader:
-    """Resolves record image paths and turns images into tiles the way the processor does."""
+    """Resolves record image paths and turns images into tiles the way the processor does.
+    An image is a path (relative ones start at ``root``) or an ``EmbeddedImage``."""
 
     def __init__(self, config: HoVLEConfig, root: str | os.PathLike, max_tiles: int | None = None, tiling: bool = True):
         self.root = Path(root)
@@ -175,6 +185,8 @@ class ImageReader:
         self.thumbnail = config.use_thumbnail
 
     def path(self, name) -> Path:
+        if isinstance(name, EmbeddedImage):
+            return Path(name.name)
         if not isinstance(name, str) or not name:
             raise SkipSample("malformed_record", f"an image entry must be a non-empty path string, got {name!r}")
         path = Path(name)
@@ -183,12 +195,12 @@ class ImageReader:
     def tile_count(self, name) -> int:
         """Tiles of an image from its header alone."""
         path = self.path(name)
-        if not path.is_file():
+        if not isinstance(name, EmbeddedImage) and not path.is_file():
             raise SkipSample("missing_image", str(path))
         if not self.tiling:
             return 1
         try:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(name.data) if isinstance(name, EmbeddedImage) else path) as image:
                 width, height = image.size
                 if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations by 90 degrees
                     width, height = height, width
@@ -202,11 +214,11 @@ class ImageReader:
 
     def pixel_values(self, name) -> torch.Tensor:
         path = self.path(name)
-        if not path.is_file():
+        if not isinstance(name, EmbeddedImage) and not path.is_file():
             raise SkipSample("missing_image", str(path))
         try:
             return image_to_pixel_values(
-                path,
+                name.data if isinstance(name, EmbeddedImage) else path,
                 min_num=self.min_tiles,
                 max_num=self.max_tiles if self.tiling else 1,
                 image_size=self.image_size,
@@ -290,6 +302,9 @@ class DistillData(TrainingData):
     real text passage; every position is a loss position with the token itself as target
     (``labels == input_ids``). Text samples are drawn from a generator seeded by (seed, index),
     so a sample is the same whenever and wherever it is made.
+
+    With ``shard_images`` the images come from data shards (``hovle.training.shards``), which
+    call ``image_example`` and ``text_example`` themselves.
     """
 
     def __init__(
@@ -303,6 +318,7 @@ class DistillData(TrainingData):
         text_length: int = 64,
         text_vocab_size: int | None = None,
         seed: int = 0,
+        shard_images: bool = False,
     ):
         self.tokens = _TokenizerUser(tokenizer, config, max_length=max(text_length, config.tokens_per_tile + 2))
         if images:
@@ -317,7 +333,7 @@ class DistillData(TrainingData):
         if not self.passages and uniform_fraction < 1.0 and (text_samples or 0) > 0:
             raise SettingsError("text spans need a text file (text=...), or set uniform_fraction=1")
         self.text_samples = len(self.images) if text_samples is None else text_samples
-        if not self.images and not self.text_samples:
+        if not self.images and not self.text_samples and not shard_images:
             raise SettingsError("stage I needs images, text samples, or both")
         self.uniform_fraction = uniform_fraction
         self.text_length = text_length
@@ -337,17 +353,19 @@ class DistillData(TrainingData):
 
     def example(self, index: int) -> Example:
         if index < len(self.images):
-            return self._image_example(index)
-        return self._text_example(index)
+            return self.image_example(self.images[index])
+        return self.text_example(index)
 
-    def _image_example(self, index: int) -> Example:
-        tiles = self.reader.pixel_values(self.images[index])
+    def image_example(self, image) -> Example:
+        """An image sample of ``image`` (a path or an ``EmbeddedImage``)."""
+        tiles = self.reader.pixel_values(image)
         text = IMG_START_TOKEN + IMG_CONTEXT_TOKEN * self.tokens.config.tokens_per_tile + IMG_END_TOKEN
         ids = torch.tensor(self.tokens.encode(text, first=False))
         return Example(ids, torch.full_like(ids, IGNORE_INDEX), tiles)
 
-    def _text_example(self, index: int) -> Example:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+    def text_example(self, key: int) -> Example:
+        """The text sample that ``key`` (any integer) seeds."""
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + key) % 2**63)
         uniform = not self.passages or float(torch.rand((), generator=generator)) < self.uniform_fraction
         if uniform:
             ids = torch.randint(0, self.text_vocab_size, (self.text_length,), generator=generator)
@@ -374,46 +392,37 @@ class DistillData(TrainingData):
 # ---------------------------------------------------------------------------------------------
 
 
-class _RecordData(TrainingData):
-    def __init__(self, path, tokenizer, config: HoVLEConfig, max_length: int, image_root=None, max_tiles=None):
-        self.path = Path(path)
-        self.records = read_records(self.path)
+class RecordEncoder:
+    """Turns one stage II/III record (a dict) into token ids, labels and tiles. ``label`` names the
+    record in skip messages (its index, or its shard and key)."""
+
+    def __init__(self, tokenizer, config: HoVLEConfig, max_length: int, image_root=".", max_tiles=None):
         self.tokens = _TokenizerUser(tokenizer, config, max_length)
-        self.reader = ImageReader(config, image_root or self.path.parent, max_tiles)
+        self.reader = ImageReader(config, image_root, max_tiles)
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def _record(self, index: int) -> dict:
-        record = self.records[index]
+    def plan(self, record, label) -> tuple[list[int], list[int], tuple]:
+        """(ids, labels, images) from the record and its image headers; pixels are not decoded."""
         if isinstance(record, SkipSample):
             raise record
         if not isinstance(record, dict):
-            raise SkipSample("malformed_record", f"record {index} is a {type(record).__name__}, not an object")
-        return record
-
-    def length(self, index: int) -> int:
-        return len(self._encoded(index)[0])
-
-    @lru_cache(maxsize=4096)  # noqa: B019 - the dataset lives as long as its run
-    def _encoded(self, index: int) -> tuple[list[int], list[int], tuple[str, ...]]:
-        record = self._record(index)
+            raise SkipSample("malformed_record", f"record {label} is a {type(record).__name__}, not an object")
         images = image_list(record.get("image"))
         tiles = [self.reader.tile_count(name) for name in images]
-        ids, labels = self._encode(index, record, tiles)
+        ids, labels = self._encode(label, record, tiles)
         self.tokens.check_length(len(ids))
         return ids, labels, tuple(images)
 
-    def example(self, index: int) -> Example:
-        ids, labels, images = self._encoded(index)
+    def example(self, planned: tuple[list[int], list[int], tuple], label) -> Example:
+        """A planned record with its pixels."""
+        ids, labels, images = planned
         tiles = [self.reader.pixel_values(name) for name in images]
         pixels = torch.cat(tiles) if tiles else None
-        planned = ids.count(self.tokens.config.img_context_token_id)
-        if pixels is not None and pixels.shape[0] * self.tokens.config.tokens_per_tile != planned:
-            raise SkipSample("corrupt_image", f"record {index}: the image header and its pixels disagree in size")
+        expected = ids.count(self.tokens.config.img_context_token_id)
+        if pixels is not None and pixels.shape[0] * self.tokens.config.tokens_per_tile != expected:
+            raise SkipSample("corrupt_image", f"record {label}: the image header and its pixels disagree in size")
         return Example(torch.tensor(ids), torch.tensor(labels), pixels)
 
-    def _encode(self, index: int, record: dict, tiles: list[int]) -> tuple[list[int], list[int]]:
+    def _encode(self, label, record: dict, tiles: list[int]) -> tuple[list[int], list[int]]:
         raise NotImplementedError
 
     def _expand(self, text: str, tiles: list[int], used: int) -> tuple[list[tuple[str, bool]], int]:
@@ -424,7 +433,33 @@ class _RecordData(TrainingData):
         return image_expander(tiles[used:], self.tokens.config.tokens_per_tile)(text), used + count
 
 
-class CaptionData(_RecordData):
+class _RecordData(TrainingData):
+    """Records of one JSON or JSONL file, held in memory and encoded by ``encoder``."""
+
+    def __init__(self, path, encoder: RecordEncoder):
+        self.path = Path(path)
+        self.records = read_records(self.path)
+        self.encoder = encoder
+
+    @property
+    def tokens(self) -> _TokenizerUser:
+        return self.encoder.tokens
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def length(self, index: int) -> int:
+        return len(self._planned(index)[0])
+
+    @lru_cache(maxsize=4096)  # noqa: B019 - the dataset lives as long as its run
+    def _planned(self, index: int) -> tuple[list[int], list[int], tuple]:
+        return self.encoder.plan(self.records[index], index)
+
+    def example(self, index: int) -> Example:
+        return self.encoder.example(self._planned(index), index)
+
+
+class CaptionEncoder(RecordEncoder):
     """Stage II: the images, then the caption, then the end-of-turn token; loss on the caption
     and the end token. ``<image>`` tags in the caption place images inline; images without a
     tag go first."""
@@ -443,7 +478,7 @@ class CaptionData(_RecordData):
         return prefix + body, [IGNORE_INDEX] * len(prefix) + body
 
 
-class ConversationData(_RecordData):
+class ConversationEncoder(RecordEncoder):
     """Stage III: LLaVA conversations in the model's chat template; loss on assistant turns
     (their text and end-of-turn token) only.
 
@@ -454,9 +489,9 @@ class ConversationData(_RecordData):
 
     ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
-    def __init__(self, path, tokenizer, config, max_length, system_message: str, image_root=None, max_tiles=None,
+    def __init__(self, tokenizer, config, max_length, system_message: str, image_root=".", max_tiles=None,
                  reply_prefix: str = ""):
-        super().__init__(path, tokenizer, config, max_length, image_root, max_tiles)
+        super().__init__(tokenizer, config, max_length, image_root, max_tiles)
         self.system_message = system_message
         self.reply_prefix = reply_prefix
 
@@ -511,6 +546,25 @@ class ConversationData(_RecordData):
             labels += reply
             context = []
         return ids, labels
+
+
+class CaptionData(_RecordData):
+    """Stage II records of one file (``CaptionEncoder``); relative image paths start at
+    ``image_root``, by default the file's folder."""
+
+    def __init__(self, path, tokenizer, config, max_length, image_root=None, max_tiles=None):
+        encoder = CaptionEncoder(tokenizer, config, max_length, image_root or Path(path).parent, max_tiles)
+        super().__init__(path, encoder)
+
+
+class ConversationData(_RecordData):
+    """Stage III records of one file (``ConversationEncoder``)."""
+
+    def __init__(self, path, tokenizer, config, max_length, system_message: str, image_root=None, max_tiles=None,
+                 reply_prefix: str = ""):
+        encoder = ConversationEncoder(tokenizer, config, max_length, system_message,
+                                      image_root or Path(path).parent, max_tiles, reply_prefix)
+        super().__init__(path, encoder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -644,10 +698,13 @@ class DataStream:
             longest = grown
             self.cursor += 1
 
-    def state_dict(self) -> dict:
+    def state_dict(self, env=None) -> dict:
+        """The position (the same on every process: ``env`` is not needed)."""
         return {"epoch": self.epoch, "cursor": self.cursor, "skips": self.skips.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") == "shards":
+            raise SettingsError("this checkpoint was written with sharded data: resume with the same data setting")
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self.skips.load_state_dict(state["skips"])
         self._order = None

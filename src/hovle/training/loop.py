@@ -35,6 +35,7 @@ from .checkpoints import (
 from .config import StageConfig
 from .data import Batch, DataStream, SkipCounter, TrainingData, load_plan, skip_summary
 from .metrics import MetricsLog
+from .shards import ShardedData, ShardStream
 from .stages import teacher_tokens
 from .teachers import VisionTeacher
 
@@ -49,7 +50,7 @@ class StageRun:
     name: str
     config: StageConfig
     module: nn.Module  # a stage module from ``stages.stage_module`` (not yet distributed)
-    data: TrainingData
+    data: TrainingData | ShardedData
     out_dir: Path  # this stage's folder
     metrics_file: Path
     pad_id: int
@@ -124,8 +125,11 @@ def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: b
     tokens_per_tile = model.config.tokens_per_tile
     model.set_gradient_checkpointing(config.gradient_checkpointing)
 
-    stream = DataStream(run.data, config.tokens_per_batch, config.max_samples_per_batch, seed=run.seed,
-                        group_by_length=config.group_by_length)
+    if isinstance(run.data, ShardedData):
+        stream = ShardStream(run.data, env)
+    else:
+        stream = DataStream(run.data, config.tokens_per_batch, config.max_samples_per_batch, seed=run.seed,
+                            group_by_length=config.group_by_length)
     load_skips = SkipCounter()
     start_step = 0
     resume_state = None
@@ -165,16 +169,13 @@ def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: b
     bar = tqdm(total=config.max_steps, initial=start_step, desc=f"stage {run.name}", unit="step",
                disable=not (progress and env.is_main), dynamic_ncols=True)
     scale = dist.gradient_scale(env)
-    micro_per_step = config.grad_accum * env.world_size
     started = time.perf_counter()
     last = {}
     step = start_step
     try:
         for step in range(start_step, config.max_steps):
             step_start = time.perf_counter()
-            plans = [stream.next_plan() for _ in range(micro_per_step)]
-            batches = [load_plan(run.data, plan, load_skips, run.pad_id) for plan in plans[env.rank::env.world_size]]
-            batches = [b if b is not None else _dummy_batch(run.pad_id) for b in batches]
+            batches = _next_batches(stream, run, env, load_skips)
             counts = torch.tensor(
                 [sum(module.targets(b, context_id) for b in batches), sum(b.num_tokens for b in batches),
                  sum(b.input_ids.shape[0] for b in batches)], dtype=torch.float64)
@@ -216,7 +217,7 @@ def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: b
             if "cos_image_sum" in totals:
                 record["cos_image"] = totals["cos_image_sum"] / max(totals["image_positions"], 1.0)
                 record["cos_text"] = totals["cos_text_sum"] / max(totals["text_positions"], 1.0)
-            skipped = _skip_counts(stream.skips, load_skips, env)
+            skipped = _skip_counts(stream, load_skips, env)
             record["skipped"] = skipped
             record["epoch"] = stream.epoch
             log.write(record)
@@ -229,7 +230,9 @@ def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: b
     finally:
         bar.close()
         log.close()
-    skipped = _skip_counts(stream.skips, load_skips, env)
+        if isinstance(stream, ShardStream):
+            stream.close()
+    skipped = _skip_counts(stream, load_skips, env)
     summary = {
         "stage": run.name,
         "steps": config.max_steps,
@@ -251,9 +254,20 @@ def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: b
     return StageResult(summary, model_state, head_state)
 
 
-def _skip_counts(plan_skips: SkipCounter, load_skips: SkipCounter, env) -> dict[str, int]:
+def _next_batches(stream: DataStream | ShardStream, run: StageRun, env, load_skips: SkipCounter) -> list[Batch]:
+    """This process's micro-batches of the next optimizer step."""
+    if isinstance(stream, ShardStream):
+        return stream.next_batches(run.config.grad_accum)
+    plans = [stream.next_plan() for _ in range(run.config.grad_accum * env.world_size)]
+    batches = [load_plan(run.data, plan, load_skips, run.pad_id) for plan in plans[env.rank::env.world_size]]
+    return [b if b is not None else _dummy_batch(run.pad_id) for b in batches]
+
+
+def _skip_counts(stream: DataStream | ShardStream, load_skips: SkipCounter, env) -> dict[str, int]:
+    if isinstance(stream, ShardStream):
+        return stream.skip_counts()
     merged = SkipCounter()
-    merged.merge(plan_skips)
+    merged.merge(stream.skips)
     for state in dist.gather_objects(load_skips.state_dict(), env):
         counter = SkipCounter()
         counter.load_state_dict(state)

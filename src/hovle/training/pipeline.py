@@ -24,10 +24,11 @@ from ..tensor_files import write_safetensors
 from . import distributed as dist
 from .build import build_model
 from .config import STAGES, Recipe
-from .data import CaptionData, ConversationData, DistillData
+from .data import CaptionData, CaptionEncoder, ConversationData, ConversationEncoder, DistillData, TrainingData
 from .loop import StageRun, train_stage
 from .lora import save_adapter, split_lora_state
 from .metrics import METRICS_FILE
+from .shards import DistillMaker, RecordMaker, ShardedData, find_shards, names_shards
 from .stages import stage_module
 from .teachers import load_teacher
 
@@ -78,27 +79,47 @@ def build_from_recipe(recipe: Recipe):
     return model, tokenizer
 
 
-def stage_data(recipe: Recipe, stage: str, tokenizer, config):
+def stage_data(recipe: Recipe, stage: str, tokenizer, config) -> TrainingData | ShardedData:
+    """A stage's data: read whole (one file), or streamed from shards (``hovle.training.shards``)."""
     settings = recipe.stage(stage)
+    sharded = bool(settings.data) and (settings.streaming or names_shards(settings.data))
     if stage == "distill":
         if not settings.data and not settings.text and settings.uniform_text_fraction < 1.0:
             raise SettingsError("stage distill needs images and/or text: --set distill.data=IMAGES --set distill.text=FILE")
-        return DistillData(
+        if sharded and settings.text_samples > 0:
+            raise SettingsError("with sharded images, stage I makes one text sample per image (distill.text_samples=-1) "
+                                "or none (0)")
+        distill = DistillData(
             tokenizer, config,
-            images=settings.data or None,
+            images=None if sharded else settings.data or None,
             text=settings.text or None,
-            text_samples=None if settings.text_samples < 0 else settings.text_samples,
+            text_samples=0 if sharded else None if settings.text_samples < 0 else settings.text_samples,
             uniform_fraction=settings.uniform_text_fraction,
             text_length=settings.text_length,
             seed=recipe.seed,
+            shard_images=sharded,
         )
-    if not settings.data:
-        raise SettingsError(f"stage {stage} needs a data file: --set {stage}.data=PATH")
-    root = settings.image_root or None
-    if stage == "align":
-        return CaptionData(settings.data, tokenizer, config, settings.max_length, root, settings.max_tiles)
-    return ConversationData(settings.data, tokenizer, config, settings.max_length, recipe.system_message,
-                            root, settings.max_tiles, recipe.reply_prefix)
+        if not sharded:
+            return distill
+        maker = DistillMaker(distill, text_twins=settings.text_samples < 0)
+    else:
+        if not settings.data:
+            raise SettingsError(f"stage {stage} needs a data file: --set {stage}.data=PATH")
+        root = settings.image_root or None
+        if stage == "align":
+            if not sharded:
+                return CaptionData(settings.data, tokenizer, config, settings.max_length, root, settings.max_tiles)
+            encoder = CaptionEncoder(tokenizer, config, settings.max_length, ".", settings.max_tiles)
+        else:
+            if not sharded:
+                return ConversationData(settings.data, tokenizer, config, settings.max_length, recipe.system_message,
+                                        root, settings.max_tiles, recipe.reply_prefix)
+            encoder = ConversationEncoder(tokenizer, config, settings.max_length, recipe.system_message, ".",
+                                          settings.max_tiles, recipe.reply_prefix)
+        maker = RecordMaker(encoder)
+    return ShardedData(find_shards(settings.data), maker, padding_id(tokenizer), settings.tokens_per_batch,
+                       settings.max_samples_per_batch, lanes=settings.lanes, workers=settings.workers,
+                       seed=recipe.seed, image_root=settings.image_root)
 
 
 def save_stage_model(state: dict, config, tokenizer, folder: Path, recipe: Recipe) -> Path:
