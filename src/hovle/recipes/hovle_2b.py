@@ -2,12 +2,12 @@
 
 InternLM2-chat-1.8B with an 8-layer holistic embedding module of its layer shape, 448-pixel tiles
 in 14-pixel patches (256 image tokens a tile), distilled from InternViT-300M. Point the recipe at
-local folders and data files:
+local folders and data shards (WebDataset tars or JSONL, streamed; docs/training.md):
 
     torchrun --nproc-per-node 8 -m hovle train --recipe hovle-2b --stage all --out runs/2b \\
         --set llm=/models/internlm2-chat-1_8b --set teacher=/models/InternViT-300M-448px \\
-        --set distill.data=/data/images.txt --set distill.text=/data/text.txt \\
-        --set align.data=/data/captions.jsonl --set instruct.data=/data/llava.jsonl
+        --set distill.data='/data/images/{00000..04095}.tar' --set distill.text=/data/text.txt \\
+        --set align.data='/data/captions/{0000..1023}.tar' --set instruct.data='/data/llava/{000..127}.jsonl'
 
 The paper's data scale (550M / 50M / 7M samples) is far beyond these step counts: they are a
 starting point to scale with ``--set <stage>.max_steps=...``.
