@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..errors import DataError, SettingsError
+from ..errors import DataError, HoVLEError, SettingsError
 from . import distributed as dist
 from .data import (
     Batch,
@@ -443,9 +443,25 @@ class _RankLanes(IterableDataset):
             lane = self.lanes[j]
             if lane not in streams:
                 streams[lane] = self.data.lane_batches(lane, self.positions[lane])
-            batch, position, skipped = next(streams[lane])
+            try:
+                batch, position, skipped = next(streams[lane])
+            except HoVLEError as err:
+                # Handed over as data: a worker's exception would reach the user wrapped in its traceback.
+                yield _Failure(type(err).__name__, str(err))
+                return
             yield batch, lane, position.as_list(), skipped
             step += 1
+
+
+@dataclass
+class _Failure:
+    """A user error met while reading a lane (no usable sample, a shard that cannot be parsed)."""
+
+    kind: str
+    message: str
+
+    def raise_it(self):
+        raise (SettingsError if self.kind == "SettingsError" else DataError)(self.message)
 
 
 class ShardStream:
@@ -492,7 +508,10 @@ class ShardStream:
             self._start()
         out = []
         for _ in range(count):
-            batch, lane, position, skipped = next(self._batches)
+            item = next(self._batches)
+            if isinstance(item, _Failure):
+                item.raise_it()
+            batch, lane, position, skipped = item
             self.positions[int(lane)] = LanePosition(*(int(v) for v in position))
             self.skipped.update({reason: int(n) for reason, n in skipped.items()})
             out.append(batch)
