@@ -31,7 +31,7 @@ needs_fashion_mnist = pytest.mark.skipif(
     not FASHION_MNIST_DIR.is_dir(), reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR}"
 )
 
-SMALL = dict(train_images=200, eval_images=50, heldout_text=30, progress=False)
+SMALL = dict(train_images=200, eval_images=50, heldout_text=30, easy_vqa_images=40, progress=False)
 
 
 def write_idx(path: Path, magic: int, array: np.ndarray, shape=None) -> None:
@@ -232,9 +232,10 @@ def test_every_record_parses_and_points_to_an_image(built: NanoData):
     distill = built.distill_images.read_text().splitlines()
     train = [f"images/train/{i:05d}.png" for i in range(200)]
     photos = sorted(p.relative_to(root).as_posix() for p in (root / "images" / "photos").glob("*.png"))
-    assert distill[:200] == train and sorted(distill[200:]) == photos
-    assert [r["image"] for r in read_jsonl(built.captions)] == train
-    assert [r["image"] for r in read_jsonl(built.conversations)] == train
+    easy = [f"images/easyvqa/{i}.png" for i in range(40)]  # easy-vqa's first 40 train images
+    assert distill[:200] == train and sorted(distill[200:-40]) == photos and distill[-40:] == easy
+    assert [r["image"] for r in read_jsonl(built.captions)][:200] == train
+    assert [r["image"] for r in read_jsonl(built.conversations)][:200] == train
 
 
 def test_images_and_labels_match_fashion_mnist(built: NanoData):
@@ -257,7 +258,7 @@ def test_images_and_labels_match_fashion_mnist(built: NanoData):
 
 def test_captions(built: NanoData):
     templates = set()
-    for caption in (record["caption"] for record in read_jsonl(built.captions)):
+    for caption in (r["caption"] for r in read_jsonl(built.captions) if r["image"].startswith("images/train/")):
         assert caption.endswith(".") and caption[0].isupper()
         if "ankle boot" in caption:
             assert "an ankle boot" in caption.lower()
@@ -272,7 +273,7 @@ def test_captions(built: NanoData):
 
 
 def test_conversations_are_valid_llava(built: NanoData):
-    records = read_jsonl(built.conversations)
+    records = [r for r in read_jsonl(built.conversations) if r["image"].startswith("images/train/")]
     kinds, yesno, phrasings = Counter(), Counter(), Counter()
     rounds = Counter()
     for record in records:
@@ -348,13 +349,13 @@ def test_text_split(built: NanoData):
 def test_manifest(built: NanoData):
     manifest = json.loads(built.manifest.read_text())
     assert manifest["arguments"] == {
-        "seed": 3, "train_images": 200, "eval_images": 50, "photos": True,
+        "seed": 3, "train_images": 200, "eval_images": 50, "photos": True, "easy_vqa_images": 40,
         "text_sources": ["kjv", "pydoc"], "heldout_text": 30,
     }
     assert manifest["classes"] == list(FASHION_CLASSES)
     counts = manifest["counts"]
     assert counts["train_images"] == 200 and counts["eval_images"] == 50 and counts["eval_records"] == 150
-    assert counts["distill_images"] == 200 + counts["photos"]
+    assert counts["distill_images"] == 200 + counts["photos"] + 40 and counts["easy_vqa_images"] == 40
     assert counts["text_passages"] == {"kjv": len(text_passages("kjv")), "pydoc": len(text_passages("pydoc"))}
     assert all((built.root / name).is_file() for name in manifest["files"])
 
@@ -422,3 +423,29 @@ def test_missing_kjv_is_not_silently_dropped(tmp_path, monkeypatch):
     # Without "kjv" among the sources the package is not needed.
     data = prepare_nano_data(tmp_path / "data", photos=False, text_sources=("pydoc",), **SMALL)
     assert json.loads(data.manifest.read_text())["counts"]["text_passages"] == {"pydoc": len(text_passages("pydoc"))}
+
+
+def test_easy_vqa_training_records_are_the_packages_questions(built: NanoData):
+    """Every question of the kept easy-vqa images is asked exactly once, as written, with its answer;
+    each caption names the shape and colour those questions give."""
+    from hovle.data.sources import load_easy_vqa
+
+    questions, images = load_easy_vqa("train")
+    expected = Counter((f"images/easyvqa/{image}.png", text, answer) for text, answer, image in questions if image < 40)
+    asked = Counter()
+    for record in read_jsonl(built.conversations):
+        if not record["image"].startswith("images/easyvqa/"):
+            continue
+        turns = record["conversations"]
+        assert 2 <= len(turns) <= 6 and turns[0]["value"].startswith("<image>\n")
+        assert sum(t["value"].count("<image>") for t in turns) == 1
+        for human, gpt in zip(turns[::2], turns[1::2]):
+            asked[(record["image"], human["value"].removeprefix("<image>\n"), gpt["value"])] += 1
+    assert asked == expected
+    for record in read_jsonl(built.captions):
+        if record["image"].startswith("images/easyvqa/"):
+            image = int(Path(record["image"]).stem)
+            assert (built.root / record["image"]).read_bytes() == (images / f"{image}.png").read_bytes()
+            for text, answer, number in questions:
+                if number == image and answer not in ("yes", "no"):
+                    assert answer in record["caption"]

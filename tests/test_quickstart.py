@@ -285,12 +285,24 @@ def test_quickstart_end_to_end_on_a_tiny_recipe(tmp_path, capsys):
     data.text_heldout.write_text("\n".join(PASSAGES) + "\n")
     out = tmp_path / "quick"
     results = run_quickstart(out, eval_images=3, ablation=True, progress=False, recipe=recipe, data=data,
-                             cosine_samples=3, eval_batch_size=4)
+                             cosine_samples=3, eval_batch_size=4, easy_vqa_questions=5)
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == list(METRIC_KEYS) and metrics == json.loads(json.dumps(results["metrics"]))
-    for kind in ("what", "yesno", "choice"):
+    for kind in ("what", "yesno", "choice", "easyvqa", "easyvqa_yesno"):
         assert 0.0 <= metrics[f"accuracy_{kind}"] <= 1.0
+    # The yes ratio counts the answers, right or wrong.
+    yesno = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    yesno = [r for r in yesno if r["kind"] == "yesno"]
+    assert metrics["yes_ratio_yesno"] == sum(r["answer"].strip().lower().rstrip(".") == "yes" for r in yesno) / 3
+    # easy-vqa went through `hovle eval`: its files, and the same accuracy.
+    scored = json.loads((out / "easy-vqa" / "metrics.json").read_text())
+    assert scored["questions"] == 5 and metrics["accuracy_easyvqa"] == pytest.approx(scored["accuracy"] / 100)
+    asked = [json.loads(line)["prompt"] for line in (out / "easy-vqa" / "predictions.jsonl").read_text().splitlines()]
+    from hovle.data.sources import load_easy_vqa
+
+    # Asked as training asks: the question alone, no answer-format suffix.
+    assert asked == ["<image>\n" + text for text, _, _ in load_easy_vqa("test")[0][:5]]
     assert -1.0 <= metrics["cosine_image"] <= 1.0 and -1.0 <= metrics["cosine_text"] <= 1.0
     model, processor = load(out / "run", "align")
     assert metrics["perplexity_hovle_after_align"] == pytest.approx(hovle_perplexity(model, processor.tokenizer, PASSAGES))
@@ -324,8 +336,9 @@ def test_quickstart_without_stage_one_reports_nulls_and_no_ablation(trained, tmp
     data = SimpleNamespace(eval=trained.eval, text_heldout=trained.text_heldout)
     out = tmp_path / "quick"
     run_quickstart(out, skip=("distill", "instruct"), overrides=("max_steps=1",), eval_images=1, progress=False,
-                   recipe=trained.recipe, data=data)
+                   recipe=trained.recipe, data=data, easy_vqa_questions=0)
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accuracy_easyvqa"] is None and not (out / "easy-vqa").exists()
     assert metrics["skipped"] == ["distill", "instruct"]
     assert metrics["cosine_image"] is None and metrics["cosine_text"] is None
     assert metrics["perplexity_hovle_after_instruct"] is None and metrics["perplexity_hovle_after_distill"] is None
@@ -358,7 +371,7 @@ def test_quickstart_argument_and_report_errors(tmp_path):
 
 
 def test_cli_quickstart_rejects_bad_arguments(tmp_path, capsys):
-    for argv in (["--skip", "pretrain"], ["--eval-images", "0"]):
+    for argv in (["--skip", "pretrain"], ["--eval-images", "0"], ["--easy-vqa-questions", "some"]):
         with pytest.raises(SystemExit) as exit_info:
             cli_main(["quickstart", "--out", str(tmp_path), *argv])
         assert exit_info.value.code == 2
@@ -381,13 +394,15 @@ def test_cli_quickstart_passes_its_options_through(trained, tmp_path, monkeypatc
     monkeypatch.setattr("hovle.quickstart.run._prepare_nano", tiny_prepare)
     out = tmp_path / "quick"
     assert cli_main(["quickstart", "--out", str(out), "--skip", "instruct", "--set", "max_steps=1",
-                     "--eval-images", "2", "--other-eval-images", "1", "--ablation", "--no-progress"]) == 0
+                     "--eval-images", "2", "--other-eval-images", "1", "--ablation", "--no-progress",
+                     "--easy-vqa-questions", "3"]) == 0
     assert seen == {"eval_images": 2, "progress": False}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped"] == ["instruct"] and metrics["perplexity_hovle_after_instruct"] is None
     details = json.loads((out / "details.json").read_text())
     assert details["counts"] == {"what": 2, "yesno": 1, "choice": 1}
     assert details["ablation"]["stages"] == ["align"]
+    assert details["easy_vqa"]["questions"] == 3 and details["ablation"]["accuracy_easyvqa"] is not None
     assert json.loads((out / "run" / "recipe.json").read_text())["distill"]["max_steps"] == 1
     assert "quickstart results" in capsys.readouterr().out
 
@@ -419,7 +434,7 @@ def test_nano_quickstart_end_to_end_shortened(tmp_path, monkeypatch, capsys):
     out = tmp_path / "quick"
     settings = ["max_steps=2", "max_samples_per_batch=4", "save_every=1"]
     results = run_quickstart(out, overrides=settings, eval_images=4, ablation=True, progress=False, cosine_samples=4,
-                             perplexity_passages=4, eval_batch_size=4)
+                             perplexity_passages=4, eval_batch_size=4, easy_vqa_questions=8)
     assert "de-quantizing" not in capsys.readouterr().err  # no progress bars: transformers' GGUF reader's neither
 
     metrics = json.loads((out / "metrics.json").read_text())

@@ -177,6 +177,12 @@ def _merge_lora(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count_or_all(text: str) -> str:
+    if text != "all" and not (text.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a number or all, got {text!r}")
+    return text
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     import time
 
@@ -185,6 +191,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     out = args.out or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
     run_quickstart(out, skip=args.skip or (), overrides=args.set or [], eval_images=args.eval_images,
                    other_eval_images=args.other_eval_images, ablation=args.ablation,
+                   easy_vqa_questions=None if args.easy_vqa_questions == "all" else int(args.easy_vqa_questions),
                    progress=not args.no_progress, resume=args.resume)
     return 0
 
@@ -336,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart.add_argument("--other-eval-images", type=_positive_int, default=300,
                             help="of those, how many are also asked the yes/no and multiple-choice questions "
                                  "(default: 300)")
+    quickstart.add_argument("--easy-vqa-questions", default="1000", type=_count_or_all,
+                            help="easy-vqa test questions asked, the first ones in file order: a number, 0 for "
+                                 "none, or all (9,673) (default: 1000)")
     quickstart.add_argument("--set", action="append", metavar="KEY=VALUE",
                             help="change a nano recipe setting, e.g. instruct.max_steps=20 or max_steps=2 (all stages)")
     quickstart.add_argument("--resume", action="store_true", help="continue an interrupted quickstart in --out")

