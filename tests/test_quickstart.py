@@ -473,3 +473,15 @@ def test_nano_quickstart_end_to_end_shortened(tmp_path, monkeypatch, capsys):
     assert answers == [json.loads(line) for line in (tmp_path / "eval-12" / "predictions.jsonl").read_text().splitlines()]
     assert one == twelve and one["questions"] == 12 and one["errors"] == 0
     assert any(a["text"] for a in answers)  # not only end-of-turn: some rows decode for several steps
+
+
+def test_the_ablation_trains_in_stages_two_and_three_what_stage_one_would_have():
+    from hovle.quickstart.run import ablation_recipe
+    from hovle.recipes.nano import recipe as nano_recipe
+
+    nano = nano_recipe()
+    assert "embedding_layers" in nano.align.freeze and "text_embeddings" in nano.instruct.freeze
+    fair = ablation_recipe(nano)
+    assert fair.align.freeze == () and fair.instruct.freeze == ("llm",)
+    assert fair.align.max_steps == nano.align.max_steps and fair.instruct.data == nano.instruct.data
+    assert nano.align.freeze != fair.align.freeze  # the recipe itself is left alone

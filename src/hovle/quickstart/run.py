@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -108,6 +109,19 @@ def _accuracy(model, processor, eval_file, what_images: int, other_images: int, 
     }
 
 
+def ablation_recipe(recipe: Recipe) -> Recipe:
+    """The recipe without stage I, made fair: stages II and III also train what stage I would
+    have trained (the embedding module's layers and text table, which the recipe may freeze
+    there because stage I already trained them). Same steps, same data."""
+    from ..training.stages import STAGE_PARTS
+
+    distilled = STAGE_PARTS["distill"]
+    changes = {stage: dataclasses.replace(recipe.stage(stage),
+                                          freeze=tuple(p for p in recipe.stage(stage).freeze if p not in distilled))
+               for stage in ("align", "instruct")}
+    return dataclasses.replace(recipe, **changes)
+
+
 def yes_ratio(examples: list[dict]) -> float | None:
     """The share of yes/no questions answered "yes" (a model that says "No" to everything shows 0)."""
     answers = [normalize_answer(e["answer"]) for e in examples if e["kind"] == "yesno"]
@@ -165,8 +179,8 @@ def run_quickstart(
     ``overrides`` are ``key=value`` recipe settings (``"max_steps=20"``, ``"align.lr=5e-4"``).
     ``eval_images``: held-out images asked "What is this?"; the first ``other_eval_images`` of
     them are also asked their yes/no and multiple-choice questions. ``ablation``: also train the
-    recipe without stage I (when stage I is not skipped), with the same stage II and III
-    settings, and compare.
+    recipe without stage I (when stage I is not skipped), with the same stage II and III steps
+    and data, those stages also training what stage I trains (``ablation_recipe``), and compare.
 
     ``recipe`` and ``data`` replace the nano recipe and its data: a ready recipe (LLM and data
     files filled in) and an object with ``eval`` (questions, eval.jsonl format) and
@@ -270,7 +284,8 @@ def run_quickstart(
     if ablation and "distill" in stages and ablation_stages:
         ablation_dir = out / ABLATION_DIR
         with clock.part("ablation_train"):
-            ablation_summaries = run_training(recipe, ablation_dir, stages=ablation_stages, resume=resume,
+            ablation_summaries = run_training(ablation_recipe(recipe), ablation_dir, stages=ablation_stages,
+                                              resume=resume,
                                               progress=progress, tensorboard=False)
         with clock.part("ablation_accuracy"):
             model, processor = _load_stage_model(ablation_dir, ablation_stages[-1], device)
