@@ -840,11 +840,26 @@ def test_custom_jsonl_kinds(tmp_path):
     assert m["unmatched"] == 0
 
 
+def test_custom_jsonl_options_in_the_question_and_exact_option_answers(tmp_path):
+    path = write_jsonl(tmp_path / "q.jsonl", [
+        {"question_id": 1, "text": "Which is it: shirt, t-shirt or bag?", "options": ["shirt", "t-shirt", "bag"],
+         "answer": "t-shirt", "show_options": False},
+        {"question_id": 2, "text": "Which?", "options": ["shirt", "t-shirt"], "answer": "A"}])
+    bench = CustomJSONL()
+    questions = bench.load(path)
+    assert questions[0].text == "Which is it: shirt, t-shirt or bag?"  # not listed twice
+    assert questions[1].text == "Which?\nA. shirt\nB. t-shirt"
+    rows = judge_all(bench, questions, ["T-shirt.", "t-shirt"])
+    # "t-shirt" holds "shirt" too (MMBench's matching: ambiguous), but it is exactly option B.
+    assert [r["parsed"] for r in rows] == ["B", "B"] and [r["correct"] for r in rows] == [True, False]
+    assert match_option("t-shirt", {"A": "shirt", "B": "t-shirt"}) is None  # the official rule, untouched
+
+
 def test_custom_jsonl_unmatched_choice_is_wrong(tmp_path):
     path = write_jsonl(tmp_path / "q.jsonl", [
         {"question_id": 1, "text": "Which?", "options": ["cat", "category"], "answer": "A"}])
     bench = CustomJSONL()
-    rows = judge_all(bench, bench.load(path), ["category"])  # both option texts are in it: unmatched
+    rows = judge_all(bench, bench.load(path), ["a category"])  # both option texts are in it: unmatched
     assert (rows[0]["parsed"], rows[0]["correct"]) == (None, False)
     assert bench.metrics(rows)["unmatched"] == 1
 

@@ -20,7 +20,6 @@ from hovle.eval.nano import (
     answer_accuracy,
     distill_cosines,
     hovle_perplexity,
-    normalize_answer,
     read_eval_records,
     text_perplexity,
 )
@@ -97,14 +96,6 @@ def load(run: Path, stage: str):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_normalize_answer_strips_case_and_final_period():
-    assert normalize_answer("  Ankle Boot. ") == "ankle boot"
-    assert normalize_answer("Yes.") == normalize_answer("yes") == "yes"
-    assert normalize_answer("no..") == "no"
-    assert normalize_answer("t-shirt") == "t-shirt"
-    assert normalize_answer("Yes, it is.") == "yes, it is"  # only the end is trimmed
-
-
 def test_read_eval_records_limits_per_kind_and_resolves_paths(tmp_path):
     path = write_jsonl(tmp_path / "eval.jsonl", eval_records(["red-0.png", "green-1.png", "blue-2.png"]))
     records = read_eval_records(path, ("choice", "what"), limit=2)
@@ -119,58 +110,75 @@ def test_read_eval_records_limits_per_kind_and_resolves_paths(tmp_path):
         read_eval_records(tmp_path / "bad.jsonl")
 
 
-def test_batched_answers_equal_chat_one_by_one_and_aggregate_per_kind(trained, tmp_path):
+def test_nano_questions_are_asked_and_scored_by_the_generic_benchmark(trained, tmp_path):
+    from hovle.eval.choice import match_option
+    from hovle.eval.pope import pope_answer
+
     model, processor = load(trained.run, "instruct")
     data = trained.root / "data"
     records = eval_records(image_names(trained.root))[:12]  # 4 images x 3 kinds
     singles = []
     for record in records:
         pixel_values, _ = processor.process_images([str(data / record["image"])], max_tiles=1)
-        singles.append(model.chat(processor, pixel_values, record["question"], {"max_new_tokens": 6}))
-    # Expected answers made from the model's own: the first of each kind's pair matches after
-    # normalisation (upper case, final period), the second cannot match.
-    expected = []
+        singles.append(model.chat(processor, pixel_values, record["question"], {"max_new_tokens": 8}))
+    # "What" answers made from the model's own: every other one matches after the VQA
+    # normalisation (upper case, a final period), the others cannot match.
+    forced = []
     for i, (record, answer) in enumerate(zip(records, singles)):
         record = dict(record)
-        shouted = "".join(c.upper() if c.isascii() else c for c in answer)
-        record["answer"] = f"  {shouted}." if (i // 3) % 2 == 0 else answer + " never"
-        expected.append(record)
-    path = write_jsonl(data / "eval_forced.jsonl", expected)
+        if record["kind"] == "what":
+            shouted = "".join(c.upper() if c.isascii() else c for c in answer)
+            record["answer"] = f"  {shouted}." if (i // 3) % 2 == 0 else answer + " never"
+        forced.append(record)
+    path = write_jsonl(data / "eval_forced.jsonl", forced)
 
-    result = answer_accuracy(model, processor, path, batch_size=5, max_new_tokens=6, progress=False)
+    out = tmp_path / "scored"
+    result = answer_accuracy(stage_model_dir(trained.run, "instruct"), path, out, batch_size=5, progress=False)
+    asked = [json.loads(line) for line in (out / "questions.jsonl").read_text().splitlines()]
+    assert {(r["type"], r["category"]) for r in asked} == {("open", "what"), ("yesno", "yesno"), ("choice", "choice")}
+    assert all(r["show_options"] is False and r["options"] == list(COLOURS) for r in asked if r["type"] == "choice")
+    assert json.loads((out / "metrics.json").read_text())["benchmark"] == "jsonl"
     assert result["counts"] == {"what": 4, "yesno": 4, "choice": 4}
-    assert result["accuracy_what"] == result["accuracy_yesno"] == result["accuracy_choice"] == 0.5
+    assert result["accuracy_what"] == 0.5
     by_question = {(e["image"], e["kind"]): e for e in result["examples"]}
-    for record, answer in zip(records, singles):
-        example = by_question[(record["image"], record["kind"])]
+    for record, answer in zip(forced, singles):
+        example = by_question[(str(data / record["image"]), record["kind"])]
         assert example["answer"] == answer  # batched, left-padded == one question at a time
         assert example["question"] == record["question"]
-    assert sum(e["correct"] for e in result["examples"]) == 6
+        if record["kind"] == "yesno":
+            assert example["correct"] == (pope_answer(answer) == record["answer"].lower())
+        elif record["kind"] == "choice":
+            letters = dict(zip("ABC", COLOURS))
+            assert example["correct"] == (letters.get(match_option(answer, letters)) == record["answer"])
+    prompts = [json.loads(line)["prompt"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert "<image>\nWhich of these is it: red, green or blue?" in prompts  # the question as trained, no list
 
-    limited = answer_accuracy(model, processor, path, kinds=("yesno",), limit=2, max_new_tokens=6,
-                             progress=False)
-    assert limited["counts"] == {"what": 0, "yesno": 2, "choice": 0}
-    assert limited["accuracy_what"] is None and limited["accuracy_yesno"] == 0.5
+    limited = answer_accuracy(stage_model_dir(trained.run, "instruct"), path, tmp_path / "limited", what=1, other=2,
+                              progress=False)
+    assert limited["counts"] == {"what": 1, "yesno": 2, "choice": 2}
 
 
-def test_answer_accuracy_stops_at_the_end_of_turn(trained, monkeypatch):
+def test_answers_stop_at_the_end_of_turn(trained, tmp_path, monkeypatch):
     """A forced generator: the text after the end-of-turn token never reaches the answer."""
-    model, processor = load(trained.run, "instruct")
+    processor = HoVLEProcessor.from_pretrained(stage_model_dir(trained.run, "instruct"))
     end = processor.end_of_turn_id
     words = {c: processor.tokenizer.encode(c, add_special_tokens=False) for c in COLOURS}
 
-    def fake_generate(input_ids, pixel_values=None, attention_mask=None, max_new_tokens=8, eos_token_id=None):
-        assert eos_token_id == end and max_new_tokens == 8
+    def fake_generate(self, input_ids, pixel_values=None, attention_mask=None, max_new_tokens=8, eos_token_id=None,
+                      **sampling):
+        assert end in eos_token_id and max_new_tokens == 8
         assert bool(attention_mask[:, -1].all())  # left-padded prompts
         row = words["red"] + [end] + words["blue"]
         return torch.tensor([row] * input_ids.shape[0])
 
-    monkeypatch.setattr(model, "generate", fake_generate)
-    result = answer_accuracy(model, processor, trained.eval, progress=False)
+    monkeypatch.setattr(HoVLEModel, "generate", fake_generate)
+    result = answer_accuracy(stage_model_dir(trained.run, "instruct"), trained.eval, tmp_path / "forced",
+                             progress=False)
     assert {e["answer"] for e in result["examples"]} == {"red"}
     reds = [r for r in read_eval_records(trained.eval, ("what",))]
     assert result["accuracy_what"] == sum(r["answer"] == "red" for r in reds) / len(reds)
-    assert result["accuracy_yesno"] == 0.0
+    yesno = read_eval_records(trained.eval, ("yesno",))
+    assert result["accuracy_yesno"] == sum(r["answer"] == "Yes" for r in yesno) / len(yesno)  # "red" reads as yes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,10 +299,12 @@ def test_quickstart_end_to_end_on_a_tiny_recipe(tmp_path, capsys):
     assert list(metrics) == list(METRIC_KEYS) and metrics == json.loads(json.dumps(results["metrics"]))
     for kind in ("what", "yesno", "choice", "easyvqa", "easyvqa_yesno"):
         assert 0.0 <= metrics[f"accuracy_{kind}"] <= 1.0
-    # The yes ratio counts the answers, right or wrong.
+    # The yes ratio counts the answers, right or wrong, read as they are scored.
+    from hovle.eval.pope import pope_answer
+
     yesno = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     yesno = [r for r in yesno if r["kind"] == "yesno"]
-    assert metrics["yes_ratio_yesno"] == sum(r["answer"].strip().lower().rstrip(".") == "yes" for r in yesno) / 3
+    assert metrics["yes_ratio_yesno"] == sum(pope_answer(r["answer"]) == "yes" for r in yesno) / 3
     # easy-vqa went through `hovle eval`: its files, and the same accuracy.
     scored = json.loads((out / "easy-vqa" / "metrics.json").read_text())
     assert scored["questions"] == 5 and metrics["accuracy_easyvqa"] == pytest.approx(scored["accuracy"] / 100)

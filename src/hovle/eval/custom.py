@@ -8,13 +8,16 @@ One JSON object a line::
     {"question_id": "q3", "image": ["a.jpg", "b.jpg"], "text": "What differs?", "answer": ["colour", "color"]}
 
 ``image`` is a path or a list of paths (relative to the file's folder, or to ``--images``), or
-absent; ``text`` (or ``question``) is the question. The kind is ``type`` when given
+absent; ``text`` (or ``question``) is the question. Options are listed after it as "A. dog"
+lines unless ``"show_options": false`` (a question that names its options in its own words). The
+kind is ``type`` when given
 (``yesno``, ``choice`` or ``open``), otherwise: with ``options``, multiple choice; an answer of
 yes or no, yes/no; else open. ``category`` (default: the kind) groups the report's table.
 
 * yes/no: POPE's rule (first sentence; a word "no", "No" or "not" means no);
 * multiple choice: ``options`` is a list (lettered A, B, ...) or a {"A": ...} object, ``answer``
-  a letter or an option's text; matched as MMBench answers are;
+  a letter or an option's text; an answer that is exactly one option's text is that option, any
+  other is matched as MMBench answers are;
 * open: one or more accepted answers; ten answers are scored by the VQA leave-one-out rule,
   fewer by exact match after the VQA normalisation.
 """
@@ -105,7 +108,8 @@ class CustomJSONL(Benchmark):
                 raise EvalDataError(f"{where}: image must be a path or a list of paths")
             questions.append(Question(
                 key=str(row["question_id"]), id=row["question_id"],
-                text=options_text(text, options) if options else text, answer=_truth(row, kind, options, where),
+                text=options_text(text, options) if options and row.get("show_options", True) else text,
+                answer=_truth(row, kind, options, where),
                 images=[resolve_image(root, p) for p in pictures], category=str(row.get("category", kind)),
                 image_label=", ".join(pictures), info={"type": kind, **({"options": options} if options else {})},
             ))
@@ -123,7 +127,12 @@ class CustomJSONL(Benchmark):
             parsed = pope_answer(text)
             return parsed, parsed == question.answer
         if kind == "choice":
-            parsed = match_option(text, question.info["options"])
+            options = question.info["options"]
+            # An answer that is one option's text exactly is that option, also where another option
+            # is inside it ("t-shirt", "shirt"): MMBench's matching would call that ambiguous.
+            exact = [letter for letter, option in options.items()
+                     if option.lower() == text.strip().rstrip(".").strip().lower()]
+            parsed = exact[0] if len(exact) == 1 else match_option(text, options)
             return parsed, parsed == question.answer
         return open_answer(text, question.answer)
 

@@ -1,7 +1,9 @@
 """Held-out evaluation of a HoVLE model on the nano recipe's data.
 
 * ``answer_accuracy``: greedy answers to the held-out questions of ``eval.jsonl`` ("what",
-  "yesno", "choice"), compared exactly with the expected answer after normalisation.
+  "yesno", "choice"), asked and scored by ``hovle eval``'s generic JSONL benchmark
+  (``nano_benchmark_rows`` writes them in its format): open answers by exact match after the
+  VQA normalisation, yes/no by POPE's rule, options by MMBench's matching.
 * ``text_perplexity``: the LLM alone on plain text, through its own token table (the bare LLM's
   language ability).
 * ``hovle_perplexity``: the same text as the HoVLE model reads it, through the embedding module
@@ -24,7 +26,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data.questions import EVAL_KINDS
 from ..model.hovle import HoVLEModel
@@ -44,18 +45,10 @@ __all__ = [
     "answer_accuracy",
     "distill_cosines",
     "hovle_perplexity",
-    "normalize_answer",
+    "nano_benchmark_rows",
     "read_eval_records",
     "text_perplexity",
 ]
-
-
-def normalize_answer(text: str) -> str:
-    """Answers compare after this: surrounding space, case and trailing periods removed."""
-    text = text.strip().lower()
-    while text.endswith("."):
-        text = text[:-1].rstrip()
-    return text
 
 
 def read_eval_records(eval_file: str | os.PathLike, kinds: Sequence[str] = EVAL_KINDS,
@@ -92,64 +85,61 @@ def read_eval_records(eval_file: str | os.PathLike, kinds: Sequence[str] = EVAL_
     return [record for kind in kinds for record in by_kind[kind]]
 
 
-@torch.inference_mode()
-def answer_accuracy(
-    model: HoVLEModel,
-    processor,
-    eval_file: str | os.PathLike,
-    kinds: Sequence[str] = EVAL_KINDS,
-    limit: int | None = None,
-    batch_size: int = 64,
-    max_new_tokens: int = 8,
-    progress: bool = True,
-    max_tiles: int = 1,
-) -> dict:
-    """Greedy answers to the questions of ``eval_file``, generated ``batch_size`` at a time.
+# How each nano question kind is scored by the generic JSONL benchmark (``hovle.eval.custom``).
+_JSONL_TYPES = {"what": "open", "yesno": "yesno", "choice": "choice"}
+# The nano model is trained on the questions alone: no answer-format suffix, options in the text.
+NANO_PROMPT = "{question}"
 
-    ``limit`` caps the questions per kind (the first ``limit`` images). Returns
-    ``accuracy_what``, ``accuracy_yesno``, ``accuracy_choice`` (None for a kind not asked or
-    without questions), ``counts`` (questions per kind) and ``examples``: one
-    ``{image, kind, question, answer, expected, correct}`` per question, ``answer`` as generated.
+
+def nano_benchmark_rows(eval_file: str | os.PathLike, what: int | None = None, other: int | None = None) -> list[dict]:
+    """The held-out questions of ``eval_file`` as rows of the generic JSONL benchmark
+    (``hovle eval --benchmark jsonl``): "What is this?" about the first ``what`` images (open
+    answer), the yes/no and multiple-choice questions about the first ``other`` (their options
+    are in the question's own words, so they are not listed again)."""
+    rows = []
+    for kind, limit in (("what", what), ("yesno", other), ("choice", other)):
+        for number, record in enumerate(read_eval_records(eval_file, (kind,), limit)):
+            row = {"question_id": f"{kind}-{number}", "image": record["path"], "text": record["question"],
+                   "answer": record["answer"], "type": _JSONL_TYPES[kind], "category": kind}
+            if kind == "choice":
+                row.update(options=record["options"], show_options=False)
+            rows.append(row)
+    return rows
+
+
+def answer_accuracy(model_dir: str | os.PathLike, eval_file: str | os.PathLike, out: str | os.PathLike,
+                    what: int | None = None, other: int | None = None, batch_size: int = 64,
+                    max_new_tokens: int = 8, device: str | None = None, progress: bool = True,
+                    resume: bool = False) -> dict:
+    """Greedy answers of the HoVLE folder ``model_dir`` to the held-out questions, asked and scored
+    by ``hovle eval`` (the generic JSONL benchmark, files in ``out``: the questions as
+    ``questions.jsonl``, then predictions, metrics and report).
+
+    Returns ``accuracy_what``, ``accuracy_yesno``, ``accuracy_choice`` (fractions; None for a kind
+    not asked), ``counts`` (questions per kind) and ``examples``: one ``{image, path, kind,
+    question, answer, expected, correct}`` per question, ``answer`` as generated.
     """
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}")
-    records = read_eval_records(eval_file, kinds, limit)
-    end_id = processor.end_of_turn_id
-    was_training = model.training
-    model.eval()
+    from .runner import run_eval
+
+    out = Path(out)
+    rows = nano_benchmark_rows(eval_file, what, other)
+    out.mkdir(parents=True, exist_ok=True)
+    questions = out / "questions.jsonl"
+    questions.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    run_eval(model_dir, "jsonl", questions, out, prompt=NANO_PROMPT, batch_size=batch_size,
+                       max_new_tokens=max_new_tokens, max_tiles=1, device=device, progress=progress, resume=resume)
+    by_id = {row["question_id"]: row for row in rows}
     examples = []
-    bar = tqdm(total=len(records), desc="answers", unit="q", disable=not progress, dynamic_ncols=True)
-    try:
-        for start in range(0, len(records), batch_size):
-            chunk = records[start : start + batch_size]
-            inputs = processor([r["question"] for r in chunk], [[r["path"]] for r in chunk], max_tiles=max_tiles)
-            inputs.to(model.device)
-            new = model.generate(inputs.input_ids, inputs.pixel_values, inputs.attention_mask,
-                                 max_new_tokens=max_new_tokens, eos_token_id=end_id)
-            for record, row in zip(chunk, new.tolist()):
-                # Rows that finished early are padded after their end token.
-                ids = row[: row.index(end_id)] if end_id in row else row
-                answer = processor.answer_text(ids)
-                examples.append({
-                    "image": record["image"],
-                    "path": record["path"],
-                    "kind": record["kind"],
-                    "question": record["question"],
-                    "answer": answer,
-                    "expected": record["answer"],
-                    "correct": normalize_answer(answer) == normalize_answer(record["answer"]),
-                })
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-        model.train(was_training)
+    for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines():
+        scored = json.loads(line)
+        row = by_id[scored["question_id"]]
+        examples.append({"image": row["image"], "path": row["image"], "kind": row["category"], "question": row["text"],
+                         "answer": scored["text"], "expected": row["answer"], "correct": bool(scored["correct"])})
     result: dict = {}
-    counts = {}
-    for kind in EVAL_KINDS:
+    for kind in EVAL_KINDS:  # from the verdicts: metrics.json rounds its percentages
         marks = [e["correct"] for e in examples if e["kind"] == kind]
-        counts[kind] = len(marks)
         result[f"accuracy_{kind}"] = sum(marks) / len(marks) if marks else None
-    result["counts"] = counts
+    result["counts"] = {kind: sum(e["kind"] == kind for e in examples) for kind in EVAL_KINDS}
     result["examples"] = examples
     return result
 

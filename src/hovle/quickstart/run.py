@@ -14,19 +14,13 @@ from ..data.questions import EVAL_KINDS
 from ..data.sources import DataSourceError
 from ..devices import default_device
 from ..errors import SettingsError
-from ..eval.nano import (
-    answer_accuracy,
-    distill_cosines,
-    hovle_perplexity,
-    normalize_answer,
-    read_eval_records,
-    text_perplexity,
-)
+from ..eval.nano import answer_accuracy, distill_cosines, hovle_perplexity, read_eval_records, text_perplexity
 from ..training.config import STAGES, Recipe, apply_overrides
 from .report import METRIC_KEYS, format_table, write_report
 
 RUN_DIR = "run"
 ABLATION_DIR = "ablation"
+NANO_EVAL_DIR = "nano-eval"
 EASY_VQA_DIR = "easy-vqa"
 # Asked as the training conversations ask them: the question alone, no answer-format suffix.
 EASY_VQA_PROMPT = "{question}"
@@ -93,20 +87,15 @@ def _prepare_nano(overrides: Sequence[str], data_dir, eval_images: int, progress
     return recipe, data
 
 
-def _accuracy(model, processor, eval_file, what_images: int, other_images: int, batch_size: int,
-              progress: bool) -> dict:
-    """``answer_accuracy`` with "What is this?" asked about ``what_images`` images and the yes/no and
-    multiple-choice questions about the first ``other_images`` of them."""
-    what = answer_accuracy(model, processor, eval_file, ("what",), limit=what_images, batch_size=batch_size,
-                           progress=progress)
-    other = answer_accuracy(model, processor, eval_file, ("yesno", "choice"), limit=min(other_images, what_images),
-                            batch_size=batch_size, progress=progress)
-    return {
-        "accuracy_what": what["accuracy_what"],
-        **{f"accuracy_{k}": other[f"accuracy_{k}"] for k in ("yesno", "choice")},
-        "counts": {"what": what["counts"]["what"], **{k: other["counts"][k] for k in ("yesno", "choice")}},
-        "examples": what["examples"] + other["examples"],
-    }
+def _accuracy(run_dir: Path, stage: str, eval_file, out: Path, what_images: int, other_images: int,
+              batch_size: int, device: torch.device, progress: bool, resume: bool) -> dict:
+    """``answer_accuracy`` of a run's stage model: "What is this?" about ``what_images`` images, the
+    yes/no and multiple-choice questions about the first ``other_images`` of them."""
+    from ..training.pipeline import stage_model_dir
+
+    return answer_accuracy(stage_model_dir(run_dir, stage), eval_file, out, what_images,
+                           min(other_images, what_images), batch_size, device=str(device), progress=progress,
+                           resume=resume)
 
 
 def ablation_recipe(recipe: Recipe) -> Recipe:
@@ -123,8 +112,11 @@ def ablation_recipe(recipe: Recipe) -> Recipe:
 
 
 def yes_ratio(examples: list[dict]) -> float | None:
-    """The share of yes/no questions answered "yes" (a model that says "No" to everything shows 0)."""
-    answers = [normalize_answer(e["answer"]) for e in examples if e["kind"] == "yesno"]
+    """The share of yes/no questions answered "yes", read as they are scored (POPE's rule): a model
+    that says "No" to everything shows 0."""
+    from ..eval.pope import pope_answer
+
+    answers = [pope_answer(e["answer"]) for e in examples if e["kind"] == "yesno"]
     return sum(a == "yes" for a in answers) / len(answers) if answers else None
 
 
@@ -239,8 +231,8 @@ def run_quickstart(
 
     final = stages[-1]
     with clock.part("accuracy"):
-        model, processor = _load_stage_model(run_dir, final, device)
-        accuracy = _accuracy(model, processor, data.eval, eval_images, other_eval_images, eval_batch_size, progress)
+        accuracy = _accuracy(run_dir, final, data.eval, out / NANO_EVAL_DIR, eval_images, other_eval_images,
+                             eval_batch_size, device, progress, resume)
         for kind in EVAL_KINDS:
             metrics[f"accuracy_{kind}"] = accuracy[f"accuracy_{kind}"]
         metrics["yes_ratio_yesno"] = yes_ratio(accuracy["examples"])
@@ -252,6 +244,7 @@ def run_quickstart(
             metrics["accuracy_easyvqa"], metrics["accuracy_easyvqa_yesno"] = easy_vqa["accuracy"], easy_vqa["yesno"]
 
     with clock.part("sample"):
+        model, processor = _load_stage_model(run_dir, final, device)
         first = read_eval_records(data.eval, ("what",), limit=1) or read_eval_records(data.eval, EVAL_KINDS, 1)
         pixel_values, _ = processor.process_images([first[0]["path"]], max_tiles=1)
         answer = model.chat(processor, pixel_values.to(device), SAMPLE_QUESTION, {"max_new_tokens": 16})
@@ -285,13 +278,10 @@ def run_quickstart(
         ablation_dir = out / ABLATION_DIR
         with clock.part("ablation_train"):
             ablation_summaries = run_training(ablation_recipe(recipe), ablation_dir, stages=ablation_stages,
-                                              resume=resume,
-                                              progress=progress, tensorboard=False)
+                                              resume=resume, progress=progress, tensorboard=False)
         with clock.part("ablation_accuracy"):
-            model, processor = _load_stage_model(ablation_dir, ablation_stages[-1], device)
-            ablation_accuracy = _accuracy(model, processor, data.eval, eval_images, other_eval_images,
-                                          eval_batch_size, progress)
-            del model, processor
+            ablation_accuracy = _accuracy(ablation_dir, ablation_stages[-1], data.eval, ablation_dir / NANO_EVAL_DIR,
+                                          eval_images, other_eval_images, eval_batch_size, device, progress, resume)
             ablation_easy = None
             if easy_vqa_questions != 0:
                 ablation_easy = _easy_vqa(ablation_dir, ablation_stages[-1], ablation_dir / EASY_VQA_DIR,
