@@ -543,3 +543,18 @@ def test_build_errors_name_the_problem(tmp_path):
     odd, _ = hf_llm_folder(tmp_path, name="odd", head_dim=8)
     with pytest.raises(ValueError, match=r"head_dim \(8\)"):
         build_model(odd, embedding_layers=1, **SMALL)
+
+
+def test_identity_init_passes_text_through_and_draws_like_random(tmp_path):
+    folder, _ = hf_llm_folder(tmp_path, attention_bias=True)
+    model = build_model(folder, embedding_layers=2, init="identity", seed=7, **SMALL)[0]
+    state = model.state_dict()
+    random_state = build_model(folder, embedding_layers=2, init="random", seed=7, **SMALL)[0].state_dict()
+    zeroed = {k for k in state if k.endswith((".wo.weight", ".w2.weight")) and k.startswith("embedding_model.")}
+    assert len(zeroed) == 4 and all(not state[k].any() for k in zeroed)
+    assert all(torch.equal(state[k], random_state[k]) for k in state if k not in zeroed)
+    ids = torch.randint(0, 100, (2, 9))
+    with torch.no_grad():
+        out = model.embed(ids)
+        table = model.language_model.model.tok_embeddings(ids)
+    assert torch.equal(out, table)  # text reaches the LLM exactly as the LLM embeds it

@@ -7,7 +7,9 @@ holistic embedding module in front of the unmodified LLM:
 
 * its decoder layers have the LLM's layer shape (hidden size, heads, kv heads, MLP width, norm eps,
   rotary settings); ``init="random"`` (the default) starts them from scratch, ``init="copy"``
-  starts layer i as a copy of the LLM's layer i;
+  starts layer i as a copy of the LLM's layer i, ``init="identity"`` like ``"random"`` but with
+  each layer's two output projections (attention ``wo``, MLP ``w2``) at zero, so that the module
+  starts as the identity on text: its outputs are the LLM's input embeddings exactly;
 * its text table starts as a copy of the LLM's input embeddings (the module embeds text itself);
 * the patch embedding, position grid and pixel-shuffle projection start random.
 
@@ -78,7 +80,8 @@ def build_model(
     the existing rows. ``embedding_layers`` decoder layers of the LLM's shape start random
     (``init="random"``, the default: normal(0, 0.02) matrices, norm weights one, biases zero;
     on the nano recipe it distils clearly better, see docs/training.md) or as copies of the
-    LLM's first layers (``init="copy"``). Image inputs are ``image_size`` pixels square, cut
+    LLM's first layers (``init="copy"``), or random with zero output projections
+    (``init="identity"``: text passes through unchanged until training moves it). Image inputs are ``image_size`` pixels square, cut
     into ``patch_size`` patches and pixel-shuffled by ``downsample_ratio`` (``pixel_shuffle_loc``
     "pre" as HoVLE, "post" as HoVLE-HD). Every random tensor comes from one ``torch.Generator``
     seeded with ``seed``: the same arguments give the same model. ``dtype`` defaults to the

@@ -107,7 +107,7 @@ class Recipe:
     patch_size: int = 14
     downsample_ratio: float = 0.5
     pixel_shuffle_loc: str = "pre"
-    init: str = "random"  # embedding layers start random (distils better, docs/training.md) or "copy"
+    init: str = "random"  # embedding layers start "random", "identity" (zero output projections) or "copy"
     system_message: str = "You are a helpful assistant."
     # Text every assistant reply starts with in training and in the chat history. A space makes a
     # byte-level BPE spell a one-word answer as it does inside a sentence (" dress", not "d" "ress").
