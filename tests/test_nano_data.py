@@ -278,8 +278,11 @@ def test_conversations_are_valid_llava(built: NanoData):
     rounds = Counter()
     for record in records:
         turns = record["conversations"]
-        assert len(turns) in (2, 4)
+        assert len(turns) in (2, 4, 6)
         rounds[len(turns) // 2] += 1
+        answers = [t["value"] for t in turns[1::2]]
+        if "Yes" in answers or "No" in answers:  # yes/no rounds contrast the image's class with others
+            assert len(answers) == 3 and {"Yes", "No"} <= set(answers) and set(answers) <= {"Yes", "No"}
         assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
         assert all(isinstance(t["value"], str) and t["value"].strip() for t in turns)
         assert turns[0]["value"].startswith("<image>\n")
@@ -298,7 +301,7 @@ def test_conversations_are_valid_llava(built: NanoData):
                 kinds["describe"] += 1
                 assert question.startswith(("Describe", "What does")) and answer.endswith(".")
     assert set(kinds) == {"what", "yesno", "choice", "describe"}
-    assert 0.1 <= rounds[2] / len(records) <= 0.3
+    assert 0.1 <= rounds[2] / len(records) <= 0.3 and 0.2 <= rounds[3] / len(records) <= 0.4
     assert 0.35 <= yesno["Yes"] / sum(yesno.values()) <= 0.65
     assert phrasings.most_common(1)[0][0] == "What is this?"
 

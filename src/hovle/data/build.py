@@ -42,7 +42,7 @@ from .sources import (
 )
 
 # Bumped whenever the output changes for the same arguments, so that old caches are rebuilt.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 EASY_VQA_TRAIN_IMAGES = 4000
 _MANIFEST_FORMAT = "hovle-nano-data"
 
@@ -343,7 +343,7 @@ def _build(root: Path, arguments: dict, progress: bool) -> None:
             "conversations": len(conversations) + len(easy_conversations),
             "easy_vqa_conversations": len(easy_conversations),
             "easy_vqa_questions": len(easy_questions),
-            "two_round_conversations": sum(len(r["conversations"]) > 2 for r in conversations),
+            "multi_round_conversations": sum(len(r["conversations"]) > 2 for r in conversations),
             "eval_records": len(eval_records),
             "train_labels": [train_labels.count(i) for i in range(len(FASHION_CLASSES))],
             "eval_labels": [eval_labels.count(i) for i in range(len(FASHION_CLASSES))],

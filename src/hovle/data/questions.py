@@ -95,14 +95,24 @@ def caption(rng: random.Random, label: int) -> str:
     return rng.choice(_CAPTIONS).format(a=name, A=_capital(name))
 
 
+# Yes/no questions come in contrasting rounds about one image: the class it shows and classes it
+# does not, so that the answer can only be learnt by comparing the image with the question.
+YESNO_ROUNDS = 3
+
+
 def conversation(rng: random.Random, label: int) -> list[dict]:
     first = rng.choices(_KINDS, _KIND_WEIGHTS)[0]
-    kinds = [first]
-    if rng.random() < 0.2:  # a second round teaches follow-up questions about the same image
-        kinds.append(rng.choice([kind for kind in _KINDS if kind != first]))
+    if first == "yesno":
+        answers = [True, False] + [rng.random() < 0.5 for _ in range(YESNO_ROUNDS - 2)]
+        rng.shuffle(answers)
+        rounds = [_question(rng, "yesno", label, yes) for yes in answers]
+    else:
+        kinds = [first]
+        if rng.random() < 0.2:  # a second round teaches follow-up questions about the same image
+            kinds.append(rng.choice([kind for kind in _KINDS if kind not in (first, "yesno")]))
+        rounds = [_question(rng, kind, label) for kind in kinds]
     turns = []
-    for round_index, kind in enumerate(kinds):
-        question, answer, _ = _question(rng, kind, label)
+    for round_index, (question, answer, _) in enumerate(rounds):
         if round_index == 0:
             question = "<image>\n" + question
         turns += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]

@@ -53,8 +53,8 @@ def _rng_state() -> dict:
     return state
 
 
-def save_checkpoint(run: StageRun, wrapped, optimizer, scheduler, stream: DataStream | ShardStream, load_skips: SkipCounter,
-                    step: int, env: dist.DistributedEnv) -> Path | None:
+def save_checkpoint(run: StageRun, wrapped, optimizer, scheduler, stream: DataStream | ShardStream,
+                    load_skips: SkipCounter, step: int, env: dist.DistributedEnv) -> Path | None:
     """Write a checkpoint for ``step`` (collective: every process calls it; process 0 writes)."""
     trainable = dist.full_state_dict(wrapped, trainable_only=True)
     optimizer_state = dist.full_optimizer_state(wrapped, optimizer)
