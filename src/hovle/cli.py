@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT/instruct/model). Any recipe setting can be changed with --set.",
     )
     finetune.add_argument("model_dir", help="the HoVLE folder to start from")
-    finetune.add_argument("--data", required=True, help="conversations: JSON list or JSONL in the LLaVA format")
+    finetune.add_argument("--data", required=True,
+                          help="conversations in the LLaVA format: a JSON list or JSONL file, or shards (docs/training.md)")
     finetune.add_argument("--image-root", help="where the data's relative image paths start (default: its folder)")
     finetune.add_argument("--out", required=True, help="run folder")
     finetune.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -330,14 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     quickstart = commands.add_parser(
         "quickstart", help="train HoVLE-nano through the three stages on this machine, evaluate it, write a report",
         description="Builds the nano recipe from installed packages (SmolLM2-135M-Instruct, EfficientNet-Lite0, "
-                    "Fashion-MNIST, King James Bible text), trains stage I -> II -> III, evaluates the model on "
-                    "held-out images and text, and writes report.md, metrics.json and plots to --out.",
+                    "Fashion-MNIST, easy-vqa, King James Bible text), trains stage I -> II -> III, evaluates the model "
+                    "through hovle eval on held-out images and easy-vqa's test split, measures its text perplexity, "
+                    "and writes report.md, metrics.json and plots to --out.",
     )
     quickstart.add_argument("--out", help="run folder (default: runs/quickstart-<date>-<time>)")
     quickstart.add_argument("--skip", action="append", choices=STAGES,
                             help="leave a stage out (repeatable); --skip distill is the paper's ablation")
     quickstart.add_argument("--ablation", action="store_true",
-                            help="also train the same recipe without stage I and compare (twice the training time)")
+                            help="also train without stage I, stages II and III then training what stage I would "
+                                 "have, and compare (twice the training time)")
     quickstart.add_argument("--eval-images", type=_positive_int, default=1000,
                             help="held-out images asked \"What is this?\" (default: 1000)")
     quickstart.add_argument("--other-eval-images", type=_positive_int, default=300,
