@@ -19,7 +19,7 @@ from hovle.eval.custom import CustomJSONL
 from hovle.eval.mme import COGNITION, MME, PERCEPTION, mme_answer
 from hovle.eval.pope import POPE, binary_metrics, label_files, pope_answer
 from hovle.eval.vqa import (GQA, EasyVQA, TextVQA, VQAv2, evalai_normalize, gqa_answer, leave_one_out, open_answer,
-                            vqa_accuracy, vqa_normalize)
+                            question_only_answers, vqa_accuracy, vqa_normalize)
 
 
 def judge_all(bench, questions: list[Question], answers: list[str]) -> list[dict]:
@@ -677,6 +677,42 @@ def test_gqa_and_easy_vqa_judges():
     assert EasyVQA().judge(shape, "Circle.") == ("circle", True)
     assert EasyVQA().judge(shape, "A circle") == ("circle", True)  # article dropped
     assert EasyVQA().judge(shape, "circles") == ("circles", False)
+
+
+def _easy_vqa_split(root: Path, split: str, rows: list) -> Path:
+    folder = root / "data" / split
+    folder.mkdir(parents=True)
+    (folder / "questions.json").write_text(json.dumps(rows))
+    return folder
+
+
+def test_easy_vqa_question_only_prior(tmp_path):
+    """The answer prior from the training split beside the test split: commonest answer per
+    question text (ties alphabetical), the commonest overall for unseen texts; its accuracy goes
+    into the metrics beside the model's."""
+    train = [["is there a circle?", "no", 0], ["is there a circle?", "no", 1], ["is there a circle?", "yes", 2],
+             ["what color is the shape?", "red", 3], ["what color is the shape?", "blue", 4],
+             ["what is the shape?", "no", 5]]
+    assert question_only_answers(train) == (
+        {"is there a circle?": "no", "what color is the shape?": "blue", "what is the shape?": "no"}, "no")
+    _easy_vqa_split(tmp_path, "train", train)
+    test = _easy_vqa_split(tmp_path, "test", [["is there a circle?", "yes", 0], ["is there a circle?", "no", 1],
+                                              ["what color is the shape?", "blue", 2], ["what shape is it?", "circle", 3]])
+    benchmark = EasyVQA()
+    questions = benchmark.load(test)
+    assert [q.info["question_only"] for q in questions] == ["no", "no", "blue", "no"]
+    # The model: right on both yes/no questions and the shape, wrong on the colour.
+    rows = [judged_row(benchmark, q, text) for q, text in zip(questions, ["yes", "no", "red", "circle"])]
+    metrics = benchmark.metrics(rows)
+    assert metrics["accuracy"] == 75.0 and metrics["question_only"] == 50.0
+    assert metrics["categories"]["yes/no"] == {"accuracy": 100.0, "questions": 2, "question_only": 50.0}
+    assert metrics["categories"]["color"]["question_only"] == 100.0
+    assert metrics["categories"]["shape"]["question_only"] == 0.0
+    # The training split read as the benchmark, or no training split beside the one read: no prior.
+    for questions in (benchmark.load(tmp_path / "data" / "train"),
+                      benchmark.load(_easy_vqa_split(tmp_path / "alone", "test", [["is there a circle?", "yes", 0]]))):
+        assert all(not q.info for q in questions)
+        assert "question_only" not in benchmark.metrics([judged_row(benchmark, q, "yes") for q in questions])
 
 
 # =============================================================================================

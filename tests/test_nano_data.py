@@ -6,6 +6,7 @@ import gzip
 import importlib.util
 import json
 import os
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -272,8 +273,13 @@ def test_captions(built: NanoData):
     assert len(templates) >= 5
 
 
+YESNO_ANSWER = re.compile(r"It is an? (?P<name>[a-z -]+), so (?P<verdict>yes|no)\.")
+
+
 def test_conversations_are_valid_llava(built: NanoData):
     records = [r for r in read_jsonl(built.conversations) if r["image"].startswith("images/train/")]
+    caption_class = {r["image"]: max((n for n in FASHION_CLASSES if n in r["caption"]), key=len)
+                     for r in read_jsonl(built.captions) if r["image"].startswith("images/train/")}
     kinds, yesno, phrasings = Counter(), Counter(), Counter()
     rounds = Counter()
     for record in records:
@@ -281,8 +287,14 @@ def test_conversations_are_valid_llava(built: NanoData):
         assert len(turns) in (2, 4, 6)
         rounds[len(turns) // 2] += 1
         answers = [t["value"] for t in turns[1::2]]
-        if "Yes" in answers or "No" in answers:  # yes/no rounds contrast the image's class with others
-            assert len(answers) == 3 and {"Yes", "No"} <= set(answers) and set(answers) <= {"Yes", "No"}
+        verdicts = [YESNO_ANSWER.fullmatch(answer) for answer in answers]
+        if any(verdicts):  # yes/no rounds contrast the image's class with others
+            assert len(answers) == 3 and all(verdicts) and {v["verdict"] for v in verdicts} == {"yes", "no"}
+            # Each answer names the image's class (its caption's), then compares it with the question's.
+            assert {v["name"] for v in verdicts} == {caption_class[record["image"]]}
+            for human, verdict in zip(turns[::2], verdicts):
+                asked = max((n for n in FASHION_CLASSES if f" {n}" in human["value"]), key=len)
+                assert (asked == verdict["name"]) == (verdict["verdict"] == "yes")
         assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
         assert all(isinstance(t["value"], str) and t["value"].strip() for t in turns)
         assert turns[0]["value"].startswith("<image>\n")
@@ -290,9 +302,9 @@ def test_conversations_are_valid_llava(built: NanoData):
         for human, gpt in zip(turns[::2], turns[1::2]):
             question, answer = human["value"].replace("<image>\n", ""), gpt["value"]
             phrasings[question] += 1
-            if answer in ("Yes", "No"):
+            if YESNO_ANSWER.fullmatch(answer):
                 kinds["yesno"] += 1
-                yesno[answer] += 1
+                yesno[YESNO_ANSWER.fullmatch(answer)["verdict"]] += 1
             elif answer in FASHION_CLASSES:
                 kinds["choice" if ":" in question or "," in question else "what"] += 1
                 if ":" in question or "," in question:
@@ -302,7 +314,7 @@ def test_conversations_are_valid_llava(built: NanoData):
                 assert question.startswith(("Describe", "What does")) and answer.endswith(".")
     assert set(kinds) == {"what", "yesno", "choice", "describe"}
     assert 0.1 <= rounds[2] / len(records) <= 0.3 and 0.2 <= rounds[3] / len(records) <= 0.4
-    assert 0.35 <= yesno["Yes"] / sum(yesno.values()) <= 0.65
+    assert 0.35 <= yesno["yes"] / sum(yesno.values()) <= 0.65
     assert phrasings.most_common(1)[0][0] == "What is this?"
 
 

@@ -308,6 +308,10 @@ def test_quickstart_end_to_end_on_a_tiny_recipe(tmp_path, capsys):
     # easy-vqa went through `hovle eval`: its files, and the same accuracy.
     scored = json.loads((out / "easy-vqa" / "metrics.json").read_text())
     assert scored["questions"] == 5 and metrics["accuracy_easyvqa"] == pytest.approx(scored["accuracy"] / 100)
+    # Beside it, the score of answering from the question text alone (easy-vqa's training prior).
+    assert metrics["accuracy_easyvqa_question_only"] == pytest.approx(scored["question_only"] / 100)
+    assert metrics["accuracy_easyvqa_yesno_question_only"] == pytest.approx(
+        scored["categories"]["yes/no"]["question_only"] / 100)
     asked = [json.loads(line)["prompt"] for line in (out / "easy-vqa" / "predictions.jsonl").read_text().splitlines()]
     from hovle.data.sources import load_easy_vqa
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -443,6 +444,21 @@ def test_existing_run_needs_resume(tmp_path):
         quiet(recipe, tmp_path / "run", stages=("align",))
     again = quiet(recipe, tmp_path / "run", stages=("align",), resume=True)  # complete: nothing to do
     assert again["align"]["steps"] == 1
+
+
+def test_resume_after_the_last_checkpoint_saves_the_model_with_its_loss(tmp_path):
+    """A run stopped after its final checkpoint, before the stage's model was written (a full
+    disk): resuming runs no step, writes the model, and reports the loss logged before the stop."""
+    recipe = tiny_recipe(tmp_path, steps=2)
+    quiet(recipe, tmp_path / "run", stages=("align",))
+    stage_dir = tmp_path / "run" / "align"
+    logged = metrics(tmp_path / "run", "align")[-1]
+    shutil.rmtree(stage_dir / "model")
+    (stage_dir / "summary.json").unlink()
+    again = quiet(recipe, tmp_path / "run", stages=("align",), resume=True)
+    assert again["align"]["resumed_from"] == 2 and again["align"]["final_loss"] == logged["loss"]
+    assert len(metrics(tmp_path / "run", "align")) == 2
+    assert HoVLEModel.from_pretrained(stage_dir / "model") is not None
 
 
 RUN = textwrap.dedent("""

@@ -42,7 +42,7 @@ from .sources import (
 )
 
 # Bumped whenever the output changes for the same arguments, so that old caches are rebuilt.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 EASY_VQA_TRAIN_IMAGES = 4000
 _MANIFEST_FORMAT = "hovle-nano-data"
 

@@ -68,6 +68,14 @@ def _other_classes(rng: random.Random, label: int, count: int) -> list[int]:
     return rng.sample([index for index in range(len(FASHION_CLASSES)) if index != label], count)
 
 
+def yesno_answer(name: str, yes: bool) -> str:
+    """A yes/no answer that names what the image shows first, then compares: "It is a sandal, so
+    no." The frozen LLM cannot compare an image with a class named in the question in one step
+    (trained on bare "Yes"/"No" its answers were 97% "No", at chance), but it can compare two
+    words it has read; one sentence, so that POPE's rule reads the verdict."""
+    return f"It is {_a(name)}, so {'yes' if yes else 'no'}."
+
+
 def _question(rng: random.Random, kind: str, label: int, yes: bool | None = None) -> tuple[str, str, dict]:
     """(question, answer, extra record fields) of one question of ``kind`` about class ``label``."""
     name = FASHION_CLASSES[label]
@@ -77,7 +85,7 @@ def _question(rng: random.Random, kind: str, label: int, yes: bool | None = None
     if kind == "yesno":
         yes = rng.random() < 0.5 if yes is None else yes
         asked = label if yes else _other_classes(rng, label, 1)[0]
-        return rng.choice(_YESNO).format(a=_a(FASHION_CLASSES[asked])), "Yes" if yes else "No", {}
+        return rng.choice(_YESNO).format(a=_a(FASHION_CLASSES[asked])), yesno_answer(name, yes), {}
     if kind == "choice":
         options = [name] + [FASHION_CLASSES[i] for i in _other_classes(rng, label, 2)]
         rng.shuffle(options)

@@ -254,8 +254,33 @@ class GQA(_OpenAnswers):
 EASY_VQA_SHAPES = ("circle", "rectangle", "triangle")
 
 
+def question_only_answers(train_rows: list) -> tuple[dict[str, str], str]:
+    """easy-vqa's answer prior: the commonest training answer to each question text, and the
+    commonest answer of all (for texts the training split never asks). Ties go to the answer
+    first in alphabetical order, so the prior does not depend on file order."""
+    counts: dict[str, dict[str, int]] = {}
+    overall: dict[str, int] = {}
+    for row in train_rows:
+        if isinstance(row, list) and len(row) == 3:
+            text, answer = str(row[0]), str(row[1])
+            per_text = counts.setdefault(text, {})
+            per_text[answer] = per_text.get(answer, 0) + 1
+            overall[answer] = overall.get(answer, 0) + 1
+
+    def commonest(tally: dict[str, int]) -> str:
+        return min(tally, key=lambda answer: (-tally[answer], answer))
+
+    return {text: commonest(tally) for text, tally in counts.items()}, (commonest(overall) if overall else "")
+
+
 @register
 class EasyVQA(_OpenAnswers):
+    """easy-vqa's split folder. Its questions are generated from a few templates, so their text
+    alone predicts many answers: where the package's training split lies beside the split read
+    (``../train/questions.json``), each question also carries that prior's answer, and the metrics
+    gain ``question_only`` (the accuracy of answering from the question text alone, never looking at
+    the image), the floor a model must beat to show that it reads images."""
+
     name = "easy-vqa"
     title = "easy-vqa (test)"
     data_help = ("a split folder of the easy-vqa package (questions.json: [question, answer, image id] lists, "
@@ -266,19 +291,39 @@ class EasyVQA(_OpenAnswers):
         path = data / "questions.json" if data.is_dir() else data
         rows = read_json(path)
         root = images or path.parent / "images"
+        prior = self._question_only_prior(path)
         questions = []
         for number, row in enumerate(rows if isinstance(rows, list) else []):
             if not (isinstance(row, list) and len(row) == 3):
                 raise EvalDataError(f"{path}: entry {number} is not [question, answer, image id]")
             text, answer, image = row
             kind = "yes/no" if answer in ("yes", "no") else ("shape" if answer in EASY_VQA_SHAPES else "color")
+            info = {} if prior is None else {"question_only": prior[0].get(text, prior[1])}
             questions.append(Question(key=str(number), id=number, text=text, answer=answer,
                                       images=[resolve_image(root, f"{image}.png")], category=kind,
-                                      image_label=f"{image}.png"))
+                                      image_label=f"{image}.png", info=info))
         if not questions:
             raise EvalDataError(f"{path} holds no easy-vqa questions")
         return questions
 
+    @staticmethod
+    def _question_only_prior(path: Path) -> tuple[dict[str, str], str] | None:
+        train = path.parent.parent / "train" / "questions.json"
+        if path.parent.name == "train" or not train.is_file():
+            return None  # no training split beside it (or it is the split read)
+        return question_only_answers(read_json(train))
+
     def judge(self, question: Question, text: str) -> tuple[str, bool]:
         parsed = evalai_normalize(text)
         return parsed, parsed == question.answer
+
+    def metrics(self, rows: list[dict]) -> dict:
+        metrics = accuracy_by_category(rows)
+        if rows and all("question_only" in (row.get("info") or {}) for row in rows):
+            blind = [{"category": row["category"], "correct": row["info"]["question_only"] == row["ground_truth"]}
+                     for row in rows]
+            prior = accuracy_by_category(blind)
+            metrics["question_only"] = prior["accuracy"]
+            for category, values in prior["categories"].items():
+                metrics["categories"][category]["question_only"] = values["accuracy"]
+        return metrics

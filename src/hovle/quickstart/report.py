@@ -19,6 +19,8 @@ METRIC_KEYS = (
     "yes_ratio_yesno",
     "accuracy_easyvqa",
     "accuracy_easyvqa_yesno",
+    "accuracy_easyvqa_question_only",
+    "accuracy_easyvqa_yesno_question_only",
     "cosine_image",
     "cosine_text",
     "perplexity_before",
@@ -110,10 +112,11 @@ def format_table(results: dict) -> str:
     for kind in EVAL_KINDS:
         lines.append(f"  {kind:<10}{_pct(CHANCE[kind]):>9}{_pct(metrics[f'accuracy_{kind}']):>9}"
                      f"{_pct(ablation.get(f'accuracy_{kind}')):>12}")
-    lines.append(f"  {'easy-vqa':<10}{'':>9}{_pct(metrics['accuracy_easyvqa']):>9}"
-                 f"{_pct(ablation.get('accuracy_easyvqa')):>12}")
-    lines.append(f"  {'  yes/no':<10}{_pct(0.5):>9}{_pct(metrics['accuracy_easyvqa_yesno']):>9}"
-                 f"{_pct(ablation.get('accuracy_easyvqa_yesno')):>12}")
+    lines.append(f"  {'easy-vqa':<10}{_pct(metrics['accuracy_easyvqa_question_only']):>9}"
+                 f"{_pct(metrics['accuracy_easyvqa']):>9}{_pct(ablation.get('accuracy_easyvqa')):>12}")
+    lines.append(f"  {'  yes/no':<10}{_pct(metrics['accuracy_easyvqa_yesno_question_only']):>9}"
+                 f"{_pct(metrics['accuracy_easyvqa_yesno']):>9}{_pct(ablation.get('accuracy_easyvqa_yesno')):>12}")
+    lines.append("  (easy-vqa's chance column: answering from the question text alone, its training split's prior)")
     lines.append(f"  share of \"yes\" in the yes/no answers: {_pct(metrics['yes_ratio_yesno'])} (half are yes)")
     lines.append(f"  stage I held-out cosine: image {_num(metrics['cosine_image'])}, "
                  f"text {_num(metrics['cosine_text'])}")
@@ -167,14 +170,18 @@ def _report_markdown(results: dict, plots: list[Path], samples: Path | None) -> 
                    f"{results.get('counts', {}).get(kind, 0)} |")
     easy = results.get("easy_vqa") or {}
     if metrics["accuracy_easyvqa"] is not None:
-        out.append(f"| easy-vqa (test) | | {_pct(metrics['accuracy_easyvqa'])} | "
+        out.append(f"| easy-vqa (test) | {_pct(metrics['accuracy_easyvqa_question_only'])} | "
+                   f"{_pct(metrics['accuracy_easyvqa'])} | "
                    f"{_pct(ablation.get('accuracy_easyvqa') if ablation else None)} | {easy.get('questions', '')} |")
-        out.append(f"| easy-vqa yes/no | 50% | {_pct(metrics['accuracy_easyvqa_yesno'])} | "
+        out.append(f"| easy-vqa yes/no | {_pct(metrics['accuracy_easyvqa_yesno_question_only'])} | "
+                   f"{_pct(metrics['accuracy_easyvqa_yesno'])} | "
                    f"{_pct(ablation.get('accuracy_easyvqa_yesno') if ablation else None)} | "
                    f"{easy.get('yesno_questions', '')} |")
     out += ["", f"Share of \"Yes\" among the yes/no answers: {_pct(metrics['yes_ratio_yesno'])} (the questions "
             "are half yes, half no). easy-vqa is scored by `hovle eval --benchmark easy-vqa` (its test split, "
-            "the first questions in file order; results in `easy-vqa/`).", ""]
+            "the first questions in file order; results in `easy-vqa/`); its chance column answers from the "
+            "question text alone (the commonest training answer to the same question), which a model must beat "
+            "to show that it reads the images.", ""]
 
     before = metrics["perplexity_before"]
     out += ["## Text perplexity", "",

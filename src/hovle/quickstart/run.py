@@ -101,7 +101,8 @@ def _accuracy(run_dir: Path, stage: str, eval_file, out: Path, what_images: int,
 def ablation_recipe(recipe: Recipe) -> Recipe:
     """The recipe without stage I, made fair: stages II and III also train what stage I would
     have trained (the embedding module's layers and text table, which the recipe may freeze
-    there because stage I already trained them). Same steps, same data."""
+    there because stage I already trained them; a stage III that trains LoRA adapters trains
+    those alone in both runs). Same steps, same data."""
     from ..training.stages import STAGE_PARTS
 
     distilled = STAGE_PARTS["distill"]
@@ -132,9 +133,15 @@ def _easy_vqa(run_dir: Path, stage: str, out: Path, questions: int | None, batch
                        prompt=EASY_VQA_PROMPT, batch_size=batch_size, max_tiles=1, device=str(device),
                        progress=progress, resume=resume)
     yesno = metrics["categories"].get("yes/no", {})
-    return {"accuracy": metrics["accuracy"] / 100, "questions": metrics["questions"],
-            "yesno": None if yesno.get("accuracy") is None else yesno["accuracy"] / 100,
-            "yesno_questions": yesno.get("questions", 0), "folder": str(out)}
+
+    def fraction(value):
+        return None if value is None else value / 100
+
+    # question_only: answering from the question text alone (easy-vqa's answer prior).
+    return {"accuracy": fraction(metrics["accuracy"]), "questions": metrics["questions"],
+            "yesno": fraction(yesno.get("accuracy")), "yesno_questions": yesno.get("questions", 0),
+            "question_only": fraction(metrics.get("question_only")),
+            "yesno_question_only": fraction(yesno.get("question_only")), "folder": str(out)}
 
 
 def _perplexity_before(recipe: Recipe, passages: list[str], device: torch.device) -> float:
@@ -242,6 +249,8 @@ def run_quickstart(
             easy_vqa = _easy_vqa(run_dir, final, out / EASY_VQA_DIR, easy_vqa_questions, eval_batch_size, device,
                                  progress, resume)
             metrics["accuracy_easyvqa"], metrics["accuracy_easyvqa_yesno"] = easy_vqa["accuracy"], easy_vqa["yesno"]
+            metrics["accuracy_easyvqa_question_only"] = easy_vqa["question_only"]
+            metrics["accuracy_easyvqa_yesno_question_only"] = easy_vqa["yesno_question_only"]
 
     with clock.part("sample"):
         model, processor = _load_stage_model(run_dir, final, device)

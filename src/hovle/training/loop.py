@@ -34,7 +34,7 @@ from .checkpoints import (
 )
 from .config import StageConfig
 from .data import Batch, DataStream, SkipCounter, TrainingData, load_plan, skip_summary
-from .metrics import MetricsLog
+from .metrics import MetricsLog, read_metrics_file
 from .shards import ShardedData, ShardStream
 from .stages import teacher_tokens
 from .teachers import VisionTeacher
@@ -232,6 +232,12 @@ def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: b
         log.close()
         if isinstance(stream, ShardStream):
             stream.close()
+    if not last and start_step:
+        # Resumed from the stage's last checkpoint (a run stopped while saving the stage's model):
+        # its final step was logged before that checkpoint.
+        logged = [r for r in read_metrics_file(run.metrics_file) if r.get("stage") == run.name
+                  and r.get("step") == start_step]
+        last = logged[-1] if logged else {}
     skipped = _skip_counts(stream, load_skips, env)
     summary = {
         "stage": run.name,

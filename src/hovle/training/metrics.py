@@ -65,9 +65,12 @@ class MetricsLog:
 
 def read_metrics(run_dir: str | os.PathLike | None) -> list[dict]:
     """The records of a run folder's ``metrics.jsonl``, oldest first ([] without one)."""
-    if not run_dir:
-        return []
-    path = Path(run_dir) / METRICS_FILE
+    return read_metrics_file(Path(run_dir) / METRICS_FILE) if run_dir else []
+
+
+def read_metrics_file(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics file, oldest first ([] without one)."""
+    path = Path(path)
     if not path.is_file():
         return []
     records = []

@@ -218,7 +218,9 @@ def run_training(
             extra = ""
             if "cos_image" in result.summary:
                 extra = f", cosine image {result.summary['cos_image']:.3f} text {result.summary['cos_text']:.3f}"
-            print(f"stage {stage}: {result.summary['steps']} steps, loss {result.summary['final_loss']:.4f}{extra}, "
+            loss = result.summary["final_loss"]
+            loss = "unknown" if loss is None else f"{loss:.4f}"
+            print(f"stage {stage}: {result.summary['steps']} steps, loss {loss}{extra}, "
                   f"{result.summary['skipped_summary']}, {result.summary['seconds']:.0f} s -> {final}", flush=True)
         dist.barrier(env)
         summaries[stage] = result.summary
