@@ -17,6 +17,7 @@ from PIL import Image
 from hovle.cli import main as cli_main
 from hovle.eval import run_eval
 from hovle.eval.nano import (
+    ANSWER_TOKENS,
     answer_accuracy,
     distill_cosines,
     hovle_perplexity,
@@ -120,7 +121,7 @@ def test_nano_questions_are_asked_and_scored_by_the_generic_benchmark(trained, t
     singles = []
     for record in records:
         pixel_values, _ = processor.process_images([str(data / record["image"])], max_tiles=1)
-        singles.append(model.chat(processor, pixel_values, record["question"], {"max_new_tokens": 8}))
+        singles.append(model.chat(processor, pixel_values, record["question"], {"max_new_tokens": ANSWER_TOKENS}))
     # "What" answers made from the model's own: every other one matches after the VQA
     # normalisation (upper case, a final period), the others cannot match.
     forced = []
@@ -164,9 +165,9 @@ def test_answers_stop_at_the_end_of_turn(trained, tmp_path, monkeypatch):
     end = processor.end_of_turn_id
     words = {c: processor.tokenizer.encode(c, add_special_tokens=False) for c in COLOURS}
 
-    def fake_generate(self, input_ids, pixel_values=None, attention_mask=None, max_new_tokens=8, eos_token_id=None,
+    def fake_generate(self, input_ids, pixel_values=None, attention_mask=None, max_new_tokens=None, eos_token_id=None,
                       **sampling):
-        assert end in eos_token_id and max_new_tokens == 8
+        assert end in eos_token_id and max_new_tokens == ANSWER_TOKENS
         assert bool(attention_mask[:, -1].all())  # left-padded prompts
         row = words["red"] + [end] + words["blue"]
         return torch.tensor([row] * input_ids.shape[0])

@@ -39,6 +39,7 @@ from ..training.stages import DistillStage, teacher_tokens
 CHANCE = {"what": 0.1, "yesno": 0.5, "choice": 1 / 3}
 
 __all__ = [
+    "ANSWER_TOKENS",
     "CHANCE",
     "EVAL_KINDS",
     "accuracy_difference_noise",
@@ -107,9 +108,14 @@ def nano_benchmark_rows(eval_file: str | os.PathLike, what: int | None = None, o
     return rows
 
 
+# Tokens an answer may take: room for a yes/no answer that names the class first ("It is a
+# t-shirt, so yes." is 10 of SmolLM2's tokens) and the end of the turn.
+ANSWER_TOKENS = 12
+
+
 def answer_accuracy(model_dir: str | os.PathLike, eval_file: str | os.PathLike, out: str | os.PathLike,
                     what: int | None = None, other: int | None = None, batch_size: int = 64,
-                    max_new_tokens: int = 12, device: str | None = None, progress: bool = True,
+                    max_new_tokens: int = ANSWER_TOKENS, device: str | None = None, progress: bool = True,
                     resume: bool = False) -> dict:
     """Greedy answers of the HoVLE folder ``model_dir`` to the held-out questions, asked and scored
     by ``hovle eval`` (the generic JSONL benchmark, files in ``out``: the questions as
@@ -118,8 +124,6 @@ def answer_accuracy(model_dir: str | os.PathLike, eval_file: str | os.PathLike, 
     Returns ``accuracy_what``, ``accuracy_yesno``, ``accuracy_choice`` (fractions; None for a kind
     not asked), ``counts`` (questions per kind) and ``examples``: one ``{image, path, kind,
     question, answer, expected, correct}`` per question, ``answer`` as generated.
-    ``max_new_tokens`` leaves room for a yes/no answer that names the class first ("It is a
-    t-shirt, so yes." is 10 tokens).
     """
     from .runner import run_eval
 

