@@ -17,6 +17,7 @@ exactly after removing trailing periods and lower-casing.
 from __future__ import annotations
 
 import re
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -258,16 +259,13 @@ def question_only_answers(train_rows: list) -> tuple[dict[str, str], str]:
     """easy-vqa's answer prior: the commonest training answer to each question text, and the
     commonest answer of all (for texts the training split never asks). Ties go to the answer
     first in alphabetical order, so the prior does not depend on file order."""
-    counts: dict[str, dict[str, int]] = {}
-    overall: dict[str, int] = {}
+    counts: dict[str, Counter] = defaultdict(Counter)
     for row in train_rows:
         if isinstance(row, list) and len(row) == 3:
-            text, answer = str(row[0]), str(row[1])
-            per_text = counts.setdefault(text, {})
-            per_text[answer] = per_text.get(answer, 0) + 1
-            overall[answer] = overall.get(answer, 0) + 1
+            counts[str(row[0])][str(row[1])] += 1
+    overall = sum(counts.values(), Counter())
 
-    def commonest(tally: dict[str, int]) -> str:
+    def commonest(tally: Counter) -> str:
         return min(tally, key=lambda answer: (-tally[answer], answer))
 
     return {text: commonest(tally) for text, tally in counts.items()}, (commonest(overall) if overall else "")
