@@ -334,6 +334,18 @@ def test_distill_loss_is_negative_cosine_to_teacher_and_llm_embeddings(built):
     torch.testing.assert_close(out["loss_sum"], -(cos_image + cos_text), rtol=1e-5, atol=1e-5)
     assert int(out["image_positions"]) == model.config.tokens_per_tile and int(out["text_positions"]) == 8
 
+    # The image-norm term: the squared log-ratio of each image token's norm to the RMS norm of the
+    # LLM's embedding rows, weighted; the head starts the same (seeded), so only the term differs.
+    weighted = stage_module("distill", model, (), teacher, image_norm_weight=0.5)
+    out_weighted = weighted(batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values,
+                            teacher_tokens(teacher, batch, model.config.tokens_per_tile))
+    norms = embeds[image].norm(dim=-1)
+    rms = llm_table.pow(2).sum(-1).mean().sqrt()
+    assert float(norms.mean() / rms) not in (0.0, 1.0)
+    term = 0.5 * torch.log(norms / rms).pow(2).sum()
+    torch.testing.assert_close(out_weighted["loss_sum"], -(cos_image + cos_text) + term, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_weighted["norm_image_sum"], norms.sum(), rtol=1e-5, atol=1e-5)
+
     out["loss_sum"].backward()
     trainable = {n for n, p in stage.named_parameters() if p.requires_grad}
     assert not any(n.startswith("model.language_model") for n in trainable)

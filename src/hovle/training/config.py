@@ -91,6 +91,9 @@ class StageConfig:
     text_samples: int = -1  # text sequences per epoch (-1: as many as images)
     uniform_text_fraction: float = 0.5  # share of text sequences drawn uniformly from the vocabulary
     text_length: int = 64  # tokens per text sequence
+    # Weight of a term pulling each image token's norm to the LLM's typical embedding norm (the
+    # cosine losses leave the scale free; 0 leaves it free).
+    image_norm_weight: float = 0.0
 
 
 @dataclass
@@ -145,6 +148,8 @@ class Recipe:
                     problems.append(f"{name}.{key} must be >= 1, got {getattr(stage, key)}")
             if stage.save_every < 0 or stage.warmup_steps < 0 or stage.workers < 0:
                 problems.append(f"{name}.save_every, {name}.warmup_steps and {name}.workers must be >= 0")
+            if stage.image_norm_weight < 0:
+                problems.append(f"{name}.image_norm_weight must be >= 0, got {stage.image_norm_weight}")
             if not 0.0 <= stage.min_lr_ratio <= 1.0 or not 0.0 <= stage.uniform_text_fraction <= 1.0:
                 problems.append(f"{name}.min_lr_ratio and {name}.uniform_text_fraction must be in [0, 1]")
         problems += self.lora.problems()

@@ -217,6 +217,7 @@ def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: b
             if "cos_image_sum" in totals:
                 record["cos_image"] = totals["cos_image_sum"] / max(totals["image_positions"], 1.0)
                 record["cos_text"] = totals["cos_text_sum"] / max(totals["text_positions"], 1.0)
+                record["image_norm"] = totals["norm_image_sum"] / max(totals["image_positions"], 1.0)
             skipped = _skip_counts(stream, load_skips, env)
             record["skipped"] = skipped
             record["epoch"] = stream.epoch
@@ -249,7 +250,7 @@ def train_stage(run: StageRun, env: dist.DistributedEnv | None = None, resume: b
         "epochs": stream.epoch,
         "seconds": time.perf_counter() - started,
     }
-    for key in ("cos_image", "cos_text"):
+    for key in ("cos_image", "cos_text", "image_norm"):
         if key in last:
             summary[key] = last[key]
     full = dist.full_state_dict(wrapped)

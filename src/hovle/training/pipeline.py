@@ -187,7 +187,8 @@ def run_training(
                 raise SettingsError("stage distill needs a vision teacher: --set teacher=FOLDER (or efficientnet-lite0)")
             sizes = {"image_size": recipe.teacher_image_size} if recipe.teacher_image_size else {}
             teacher = load_teacher(recipe.teacher, **sizes)
-        module = stage_module(stage, model, settings.freeze, teacher, recipe.seed, recipe.lora)
+        module = stage_module(stage, model, settings.freeze, teacher, recipe.seed, recipe.lora,
+                              settings.image_norm_weight)
         pad_id = padding_id(tokenizer)
         run = StageRun(
             name=stage,
@@ -218,6 +219,8 @@ def run_training(
             extra = ""
             if "cos_image" in result.summary:
                 extra = f", cosine image {result.summary['cos_image']:.3f} text {result.summary['cos_text']:.3f}"
+                if "image_norm" in result.summary:
+                    extra += f", image token norm {result.summary['image_norm']:.1f}"
             loss = result.summary["final_loss"]
             loss = "unknown" if loss is None else f"{loss:.4f}"
             print(f"stage {stage}: {result.summary['steps']} steps, loss {loss}{extra}, "

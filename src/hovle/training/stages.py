@@ -3,7 +3,8 @@
 | stage    | trains                          | loss                                                   |
 |----------|---------------------------------|--------------------------------------------------------|
 | distill  | embedding module (+ head)       | negative cosine to the teacher (image positions) and to |
-|          |                                 | the LLM's input embeddings (text positions)            |
+|          |                                 | the LLM's input embeddings (text positions); optional  |
+|          |                                 | image-token norm term (``image_norm_weight``)          |
 | align    | embedding module, LLM frozen    | next-token prediction on captions                      |
 | instruct | everything not frozen by flags  | next-token prediction on assistant tokens              |
 
@@ -62,13 +63,18 @@ STAGE_PARTS = {
 
 class DistillStage(nn.Module):
     """Stage I. ``head`` maps the module's width to the teacher's where they differ; it trains
-    with the module but is not part of the HoVLE checkpoint."""
+    with the module but is not part of the HoVLE checkpoint. With ``image_norm_weight`` above 0, a
+    squared log-ratio term holds the norm of each image token near the root-mean-square norm of
+    the LLM's input embeddings, which the text positions feed the LLM."""
 
     name = "distill"
 
-    def __init__(self, model: HoVLEModel, teacher_dim: int, seed: int = 0):
+    def __init__(self, model: HoVLEModel, teacher_dim: int, seed: int = 0, image_norm_weight: float = 0.0):
         super().__init__()
         self.model = model
+        self.image_norm_weight = float(image_norm_weight)
+        table = model.language_model.model.tok_embeddings.weight.detach().float()
+        self.text_norm = float(table.pow(2).sum(-1).mean().sqrt())
         width = model.config.embedding.llm_hidden_size
         self.head = nn.Identity() if teacher_dim == width else nn.Linear(width, teacher_dim)
         if isinstance(self.head, nn.Linear):
@@ -88,19 +94,25 @@ class DistillStage(nn.Module):
         is_image = input_ids == self.model.config.img_context_token_id
         is_text = labels != IGNORE_INDEX
         zero = out.new_zeros((), dtype=torch.float32)
-        cos_image = cos_text = zero
+        cos_image = cos_text = norm_image = norm_term = zero
         if bool(is_image.any()):
+            image = out[is_image].float()
             predicted = self.head(out[is_image]).float()
             cos_image = F.cosine_similarity(predicted, teacher_tokens.float(), dim=-1).sum()
+            norms = image.norm(dim=-1)
+            norm_image = norms.sum()
+            if self.image_norm_weight > 0:
+                norm_term = (norms.clamp_min(1e-6) / self.text_norm).log().pow(2).sum() * self.image_norm_weight
         if bool(is_text.any()):
             table = self.model.language_model.model.tok_embeddings.weight.detach()
             target = F.embedding(labels[is_text], table)
             cos_text = F.cosine_similarity(out[is_text].float(), target.float(), dim=-1).sum()
         # ``out.sum() * 0`` keeps every parameter in the graph for a batch without targets.
-        loss_sum = -(cos_image + cos_text) + out.sum().float() * 0.0
+        loss_sum = norm_term - (cos_image + cos_text) + out.sum().float() * 0.0
         return {
             "loss_sum": loss_sum,
             "cos_image_sum": cos_image.detach(),
+            "norm_image_sum": norm_image.detach(),
             "image_positions": is_image.sum(),
             "cos_text_sum": cos_text.detach(),
             "text_positions": is_text.sum(),
@@ -136,9 +148,10 @@ def teacher_tokens(teacher: VisionTeacher | None, batch: Batch, tokens_per_tile:
 
 
 def stage_module(name: str, model: HoVLEModel, freeze=(), teacher: VisionTeacher | None = None,
-                 seed: int = 0, lora: LoRASettings | None = None) -> nn.Module:
+                 seed: int = 0, lora: LoRASettings | None = None, image_norm_weight: float = 0.0) -> nn.Module:
     """The trainable module of stage ``name`` with its parts (un)frozen. In stage III with a
-    ``lora`` rank, only LoRA adapters train (``hovle.training.lora``)."""
+    ``lora`` rank, only LoRA adapters train (``hovle.training.lora``). ``image_norm_weight`` is
+    stage I's (``DistillStage``)."""
     if name == "instruct" and lora is not None and lora.rank > 0:
         add_lora(model, lora, seed)
         return LanguageStage(model, name)
@@ -149,5 +162,5 @@ def stage_module(name: str, model: HoVLEModel, freeze=(), teacher: VisionTeacher
     if name == "distill":
         if teacher is None:
             raise SettingsError("stage I (distill) needs a vision teacher")
-        return DistillStage(model, teacher.feature_dim, seed)
+        return DistillStage(model, teacher.feature_dim, seed, image_norm_weight)
     return LanguageStage(model, name)
