@@ -341,8 +341,8 @@ def test_distill_loss_is_negative_cosine_to_teacher_and_llm_embeddings(built):
                             teacher_tokens(teacher, batch, model.config.tokens_per_tile))
     norms = embeds[image].norm(dim=-1)
     rms = llm_table.pow(2).sum(-1).mean().sqrt()
-    assert float(norms.mean() / rms) not in (0.0, 1.0)
     term = 0.5 * torch.log(norms / rms).pow(2).sum()
+    assert float(term) > 1e-3  # the tiny model's image tokens are off the embedding scale
     torch.testing.assert_close(out_weighted["loss_sum"], -(cos_image + cos_text) + term, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out_weighted["norm_image_sum"], norms.sum(), rtol=1e-5, atol=1e-5)
 

@@ -96,10 +96,10 @@ class DistillStage(nn.Module):
         zero = out.new_zeros((), dtype=torch.float32)
         cos_image = cos_text = norm_image = norm_term = zero
         if bool(is_image.any()):
-            image = out[is_image].float()
-            predicted = self.head(out[is_image]).float()
+            image = out[is_image]
+            predicted = self.head(image).float()
             cos_image = F.cosine_similarity(predicted, teacher_tokens.float(), dim=-1).sum()
-            norms = image.norm(dim=-1)
+            norms = image.float().norm(dim=-1)
             norm_image = norms.sum()
             if self.image_norm_weight > 0:
                 norm_term = (norms.clamp_min(1e-6) / self.text_norm).log().pow(2).sum() * self.image_norm_weight
