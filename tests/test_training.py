@@ -353,6 +353,28 @@ def test_distill_loss_is_negative_cosine_to_teacher_and_llm_embeddings(built):
     assert model.embedding_model.encoder[0].attention.wqkv.weight.grad is not None
 
 
+def test_language_stage_adds_the_image_norm_term_when_weighted(built):
+    model, tokenizer, recipe = built
+    model = HoVLEModel(model.config).requires_grad_(False)
+    model.load_state_dict(built[0].state_dict())
+    data = CaptionData(recipe.align.data, tokenizer, model.config, 512)
+    batch = collate([data.example(0), data.example(1)], pad_id=0)
+    args = (batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values)
+    plain = stage_module("align", model)(*args)
+    weighted = stage_module("align", model, image_norm_weight=2.0)(*args)
+    reference, count = model.next_token_loss(batch.input_ids, batch.pixel_values, batch.attention_mask, batch.labels)
+    torch.testing.assert_close(plain["loss_sum"], reference)
+    embeds = model.embed(batch.input_ids, batch.pixel_values, batch.attention_mask)
+    norms = embeds[batch.input_ids == model.config.img_context_token_id].norm(dim=-1)
+    rms = model.language_model.model.tok_embeddings.weight.pow(2).sum(-1).mean().sqrt()
+    term = 2.0 * torch.log(norms / rms).pow(2).sum()
+    assert float(term) > 1e-3
+    torch.testing.assert_close(weighted["loss_sum"], reference + term, rtol=1e-5, atol=1e-5)
+    assert int(weighted["predicted_tokens"]) == int(count)
+    weighted["loss_sum"].backward()
+    assert model.embedding_model.vision_embeddings.patch_embedding.weight.grad is not None
+
+
 @pytest.mark.parametrize("flags,trained", [
     ((), {"vision", "projection", "text_embeddings", "embedding_layers", "llm"}),
     (("llm", "vision"), {"projection", "text_embeddings", "embedding_layers"}),

@@ -94,6 +94,12 @@ class HoVLEModel(nn.Module):
         the cost of a sequence of mostly image and prompt tokens.
         """
         embeds = self.embed(input_ids, pixel_values, attention_mask)
+        return self.next_token_loss_from_embeds(embeds, attention_mask, labels)
+
+    def next_token_loss_from_embeds(
+        self, embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``next_token_loss`` from the embedding module's outputs (``embed``)."""
         hidden = self.language_model.hidden_states(embeds, attention_mask)
         targets = labels[:, 1:].to(hidden.device)
         predicted = targets != IGNORE_INDEX

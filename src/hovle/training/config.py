@@ -86,14 +86,14 @@ class StageConfig:
     lanes: int = 8  # independent parts of the stream; ranks x workers must divide min(lanes, shards)
     workers: int = 2  # data-loader processes per rank decoding and tiling images (0: in the training process)
     max_tiles: int = 6  # dynamic tiling limit for stage II and III images
+    # Weight of a loss term pulling each image token's norm to the RMS norm of the LLM's input
+    # embeddings (0: the scale stays free; stages.image_norm_term).
+    image_norm_weight: float = 0.0
     # Stage I only.
     text: str = ""  # text passages, one a line, for real-text spans
     text_samples: int = -1  # text sequences per epoch (-1: as many as images)
     uniform_text_fraction: float = 0.5  # share of text sequences drawn uniformly from the vocabulary
     text_length: int = 64  # tokens per text sequence
-    # Weight of a term pulling each image token's norm to the LLM's typical embedding norm (the
-    # cosine losses leave the scale free; 0 leaves it free).
-    image_norm_weight: float = 0.0
 
 
 @dataclass

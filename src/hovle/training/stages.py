@@ -5,7 +5,7 @@
 | distill  | embedding module (+ head)       | negative cosine to the teacher (image positions) and to |
 |          |                                 | the LLM's input embeddings (text positions); optional  |
 |          |                                 | image-token norm term (``image_norm_weight``)          |
-| align    | embedding module, LLM frozen    | next-token prediction on captions                      |
+| align    | embedding module, LLM frozen    | next-token prediction on captions (optional norm term) |
 | instruct | everything not frozen by flags  | next-token prediction on assistant tokens              |
 
 Each stage is an ``nn.Module`` wrapping the ``HoVLEModel``; its ``forward`` returns the loss as a
@@ -61,6 +61,24 @@ STAGE_PARTS = {
 }
 
 
+def embedding_rms_norm(model: HoVLEModel) -> float:
+    """The root-mean-square norm of the LLM's input embedding rows: the scale at which text
+    reaches the LLM."""
+    table = model.language_model.model.tok_embeddings.weight.detach().float()
+    return float(table.pow(2).sum(-1).mean().sqrt())
+
+
+def image_norm_term(image_tokens: torch.Tensor, text_norm: float, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``weight`` x the sum over image tokens of log(norm / ``text_norm``)^2, the sum of their
+    norms). The cosine losses of stage I, and the next-token loss of stage II, leave the image
+    tokens' scale free (docs/training.md, "The scale of the image tokens")."""
+    norms = image_tokens.float().norm(dim=-1)
+    term = norms.new_zeros(())
+    if weight > 0:
+        term = (norms.clamp_min(1e-6) / text_norm).log().pow(2).sum() * weight
+    return term, norms.sum()
+
+
 class DistillStage(nn.Module):
     """Stage I. ``head`` maps the module's width to the teacher's where they differ; it trains
     with the module but is not part of the HoVLE checkpoint. With ``image_norm_weight`` above 0, a
@@ -73,8 +91,7 @@ class DistillStage(nn.Module):
         super().__init__()
         self.model = model
         self.image_norm_weight = float(image_norm_weight)
-        table = model.language_model.model.tok_embeddings.weight.detach().float()
-        self.text_norm = float(table.pow(2).sum(-1).mean().sqrt())
+        self.text_norm = embedding_rms_norm(model) if self.image_norm_weight > 0 else 1.0
         width = model.config.embedding.llm_hidden_size
         self.head = nn.Identity() if teacher_dim == width else nn.Linear(width, teacher_dim)
         if isinstance(self.head, nn.Linear):
@@ -99,10 +116,7 @@ class DistillStage(nn.Module):
             image = out[is_image]
             predicted = self.head(image).float()
             cos_image = F.cosine_similarity(predicted, teacher_tokens.float(), dim=-1).sum()
-            norms = image.float().norm(dim=-1)
-            norm_image = norms.sum()
-            if self.image_norm_weight > 0:
-                norm_term = (norms.clamp_min(1e-6) / self.text_norm).log().pow(2).sum() * self.image_norm_weight
+            norm_term, norm_image = image_norm_term(image, self.text_norm, self.image_norm_weight)
         if bool(is_text.any()):
             table = self.model.language_model.model.tok_embeddings.weight.detach()
             target = F.embedding(labels[is_text], table)
@@ -120,18 +134,27 @@ class DistillStage(nn.Module):
 
 
 class LanguageStage(nn.Module):
-    """Stages II and III: next-token prediction where ``labels`` are set."""
+    """Stages II and III: next-token prediction where ``labels`` are set, plus, with
+    ``image_norm_weight`` above 0, stage I's image-norm term (``image_norm_term``)."""
 
-    def __init__(self, model: HoVLEModel, name: str):
+    def __init__(self, model: HoVLEModel, name: str, image_norm_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.name = name
+        self.image_norm_weight = float(image_norm_weight)
+        self.text_norm = embedding_rms_norm(model) if self.image_norm_weight > 0 else 1.0
 
     @staticmethod
     def targets(batch: Batch, context_id: int) -> int:
         return int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
 
     def forward(self, input_ids, attention_mask, labels, pixel_values=None, teacher_tokens=None):
+        if self.image_norm_weight > 0:
+            embeds = self.model.embed(input_ids, pixel_values, attention_mask)
+            loss_sum, count = self.model.next_token_loss_from_embeds(embeds, attention_mask, labels)
+            is_image = input_ids == self.model.config.img_context_token_id
+            term, _ = image_norm_term(embeds[is_image], self.text_norm, self.image_norm_weight)
+            return {"loss_sum": loss_sum + term, "predicted_tokens": count}
         loss_sum, count = self.model.next_token_loss(input_ids, pixel_values, attention_mask, labels)
         return {"loss_sum": loss_sum, "predicted_tokens": count}
 
@@ -150,11 +173,11 @@ def teacher_tokens(teacher: VisionTeacher | None, batch: Batch, tokens_per_tile:
 def stage_module(name: str, model: HoVLEModel, freeze=(), teacher: VisionTeacher | None = None,
                  seed: int = 0, lora: LoRASettings | None = None, image_norm_weight: float = 0.0) -> nn.Module:
     """The trainable module of stage ``name`` with its parts (un)frozen. In stage III with a
-    ``lora`` rank, only LoRA adapters train (``hovle.training.lora``). ``image_norm_weight`` is
-    stage I's (``DistillStage``)."""
+    ``lora`` rank, only LoRA adapters train (``hovle.training.lora``). ``image_norm_weight``:
+    see ``image_norm_term``."""
     if name == "instruct" and lora is not None and lora.rank > 0:
         add_lora(model, lora, seed)
-        return LanguageStage(model, name)
+        return LanguageStage(model, name, image_norm_weight)
     parts = STAGE_PARTS[name] - set(freeze)
     if not parts:
         raise SettingsError(f"stage {name}: every part it trains is frozen ({', '.join(sorted(freeze))})")
@@ -163,4 +186,4 @@ def stage_module(name: str, model: HoVLEModel, freeze=(), teacher: VisionTeacher
         if teacher is None:
             raise SettingsError("stage I (distill) needs a vision teacher")
         return DistillStage(model, teacher.feature_dim, seed, image_norm_weight)
-    return LanguageStage(model, name)
+    return LanguageStage(model, name, image_norm_weight)
