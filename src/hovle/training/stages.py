@@ -149,13 +149,11 @@ class LanguageStage(nn.Module):
         return int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
 
     def forward(self, input_ids, attention_mask, labels, pixel_values=None, teacher_tokens=None):
+        embeds = self.model.embed(input_ids, pixel_values, attention_mask)
+        loss_sum, count = self.model.next_token_loss_from_embeds(embeds, attention_mask, labels)
         if self.image_norm_weight > 0:
-            embeds = self.model.embed(input_ids, pixel_values, attention_mask)
-            loss_sum, count = self.model.next_token_loss_from_embeds(embeds, attention_mask, labels)
             is_image = input_ids == self.model.config.img_context_token_id
-            term, _ = image_norm_term(embeds[is_image], self.text_norm, self.image_norm_weight)
-            return {"loss_sum": loss_sum + term, "predicted_tokens": count}
-        loss_sum, count = self.model.next_token_loss(input_ids, pixel_values, attention_mask, labels)
+            loss_sum = loss_sum + image_norm_term(embeds[is_image], self.text_norm, self.image_norm_weight)[0]
         return {"loss_sum": loss_sum, "predicted_tokens": count}
 
 
